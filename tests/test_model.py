@@ -1,0 +1,162 @@
+"""AVLLM on tiny random parts: interleave order, splice checks, streaming, save/load, 4-bit."""
+
+import numpy as np
+import pytest
+import torch
+
+from avllm.config import LoraConfig, MediaConfig, ModelConfig
+from avllm.errors import SpliceError
+from avllm.model import AVLLM, EncodedClip, slot_edges
+from avllm.prompt import with_video
+from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
+
+KV, KA = 4, 2
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    return {
+        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
+        "visual_encoder": str(tiny_clip_config(folder)),
+        "llm": str(tiny_llm_folder(folder)),
+    }
+
+
+def make_config(parts, **overrides) -> ModelConfig:
+    settings = dict(name="tiny", visual_tokens_per_slot=KV, audio_tokens_per_slot=KA, media=MediaConfig(num_frames=3))
+    settings.update(overrides)
+    return ModelConfig(**parts, **settings)
+
+
+@pytest.fixture(scope="module")
+def model(parts):
+    return AVLLM.from_config(make_config(parts), device="cpu")
+
+
+def encoded(model, frames=3, duration=3.0, audio=True, visual=True) -> EncodedClip:
+    gen = torch.Generator().manual_seed(1)
+    times = (np.arange(frames) + 0.5) * duration / frames
+    vis = torch.randn(frames, model.visual_encoder.num_patches, model.visual_encoder.dim, generator=gen)
+    aud = torch.randn(int(duration * 50), model.audio_encoder.dim, generator=gen)
+    return EncodedClip(vis if visual else None, times if visual else np.zeros(0), aud if audio else None, duration)
+
+
+def test_slot_edges_split_between_frames():
+    assert slot_edges(np.array([0.5, 1.5, 2.5]), 3.0).tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_interleave_is_frame_then_its_audio_in_time_order(model):
+    enc = encoded(model)
+    out = model.media_embeds(enc)
+    assert out.shape == (3 * (KV + KA), model.llm.config.hidden_size)
+    for i in range(3):
+        visual = model.visual_proj([enc.visual[i]])[0]
+        audio = model.audio_proj([enc.audio[i * 50 : (i + 1) * 50]])[0]
+        block = out[i * (KV + KA) : (i + 1) * (KV + KA)]
+        torch.testing.assert_close(block[:KV], visual)
+        torch.testing.assert_close(block[KV:], audio)
+
+
+def test_missing_audio_and_missing_picture_use_the_absent_embeddings(model):
+    silent = model.media_embeds(encoded(model, audio=False)).reshape(3, KV + KA, -1)
+    torch.testing.assert_close(silent[:, KV:], model.audio_proj.absent.expand(3, KA, -1))
+    sound_only = model.media_embeds(encoded(model, visual=False)).reshape(-1, KV + KA, silent.shape[-1])
+    assert len(sound_only) == model.config.media.num_frames  # uniform slots over the sound
+    torch.testing.assert_close(sound_only[:, :KV], model.visual_proj.absent.expand(len(sound_only), KV, -1))
+
+
+def test_audio_that_ends_early_leaves_later_slots_absent(model):
+    enc = encoded(model)
+    enc.audio = enc.audio[:60]  # 1.2 s of a 3 s clip: slot 2 (2 s to 3 s) hears nothing
+    out = model.media_embeds(enc).reshape(3, KV + KA, -1)
+    torch.testing.assert_close(out[2, KV:], model.audio_proj.absent)
+    assert not torch.allclose(out[1, KV:], model.audio_proj.absent)
+
+
+def test_layout_and_splice_positions(model):
+    enc = encoded(model)
+    tokens = model.tokenize([{"role": "user", "content": with_video("what?")}], enc, add_generation_prompt=True)
+    ids = torch.tensor([tokens.input_ids])
+    assert int((ids == model.video_token_id).sum()) == 3 * (KV + KA)
+    embeds = model.embed(ids, [enc])
+    mask = ids[0] == model.video_token_id
+    torch.testing.assert_close(embeds[0, mask], model.media_embeds(enc))
+    text = model.llm.get_input_embeddings()(ids[0, ~mask])
+    torch.testing.assert_close(embeds[0, ~mask], text)
+
+
+def test_time_marks_come_before_each_slot(parts):
+    marked = AVLLM.from_config(make_config(parts, time_marks=True), device="cpu")
+    enc = encoded(marked)
+    text = marked.tokenizer.decode(marked.layout(enc))
+    assert [text.find(f"t={t:.1f}s") for t in enc.frame_times] == sorted(text.find(f"t={t:.1f}s") for t in enc.frame_times)
+    assert text.count("<video>") == 3 * (KV + KA)
+
+
+def test_placeholder_count_mismatch_is_refused(model):
+    enc = encoded(model)
+    tokens = model.tokenize([{"role": "user", "content": with_video("what?")}], enc, add_generation_prompt=True)
+    ids = torch.tensor([tokens.input_ids[:-20] + tokens.input_ids[-10:]])  # drop some placeholders
+    with pytest.raises(SpliceError, match="placeholder tokens"):
+        model.embed(ids, [enc])
+    with pytest.raises(SpliceError):
+        model.embed(torch.tensor([tokens.input_ids]), [enc, enc])
+
+
+def test_stream_equals_greedy_generate(model):
+    enc = encoded(model)
+    messages = [{"role": "user", "content": with_video("what?")}]
+    timings = {}
+    pieces = list(model.stream(messages, enc, max_new_tokens=12, timings=timings))
+    ids = torch.tensor([model.tokenize(messages, enc, True).input_ids])
+    with torch.inference_mode():
+        out = model.llm.generate(inputs_embeds=model.embed(ids, [enc]), attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=12, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+    assert "".join(pieces) == model.tokenizer.decode(out[0], skip_special_tokens=True)
+    assert len(pieces) > 1 and timings["prefill"] > 0
+
+
+def test_loss_ignores_everything_but_labels(model):
+    enc = encoded(model)
+    messages = [{"role": "user", "content": with_video("what?")}, {"role": "assistant", "content": "A dog."}]
+    tokens = model.tokenize(messages, enc, add_generation_prompt=False)
+    ids, labels = torch.tensor([tokens.input_ids]), torch.tensor([tokens.labels])
+    out = model(ids, torch.ones_like(ids), [enc], labels=labels)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.visual_proj.mlp[0].weight.grad is not None and model.audio_proj.mlp[0].weight.grad is not None
+    model.zero_grad(set_to_none=True)
+
+
+def test_save_and_load_round_trip_with_lora(parts, tmp_path):
+    config = make_config(parts, lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    model = AVLLM.from_config(config, device="cpu")
+    model.add_lora()
+    with torch.no_grad():  # make the adapter and projectors non-trivial
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "_proj.absent" in name:
+                p.add_(0.1)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["adapter", "avllm_config.json", "projectors.safetensors"]
+    assert (tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors").is_file()
+    loaded = AVLLM.from_pretrained(tmp_path / "ckpt", device="cpu")
+    assert loaded.config == config
+    enc = encoded(model)
+    tokens = model.tokenize([{"role": "user", "content": with_video("what?")}], enc, True)
+    ids = torch.tensor([tokens.input_ids])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, torch.ones_like(ids), [enc]).logits,
+                                   model(ids, torch.ones_like(ids), [enc]).logits, rtol=0, atol=0)
+
+
+def test_four_bit_load_runs_on_cpu(parts, tmp_path):
+    from bitsandbytes.nn import Linear4bit
+
+    wide_llm = str(tiny_llm_folder(tmp_path, hidden=64))  # bitsandbytes quantizes in blocks of 64
+    model = AVLLM.from_config(make_config({**parts, "llm": wide_llm}, quantization="nf4"), device="cpu")
+    assert any(isinstance(m, Linear4bit) for m in model.llm.modules())
+    enc = encoded(model)
+    pieces = list(model.stream([{"role": "user", "content": with_video("what?")}], enc, max_new_tokens=4))
+    assert pieces

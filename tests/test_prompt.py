@@ -1,0 +1,77 @@
+import pytest
+
+from avllm.errors import SpliceError
+from avllm.prompt import IGNORE_INDEX, VIDEO_TOKEN, add_video_token, encode_chat, expand_placeholders, with_video
+from factories import tiny_llm_folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llm_folder(tmp_path_factory.mktemp("llm")))
+    add_video_token(tok)
+    return tok
+
+
+def conversation():
+    return [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": with_video("What is here?")},
+        {"role": "assistant", "content": "A dog."},
+        {"role": "user", "content": "And the sound?"},
+        {"role": "assistant", "content": "It barks."},
+    ]
+
+
+def test_video_token_added_once(tokenizer):
+    first = add_video_token(tokenizer)
+    assert add_video_token(tokenizer) == first
+    assert tokenizer.convert_ids_to_tokens(first) == VIDEO_TOKEN
+
+
+def test_labels_cover_exactly_the_assistant_turns(tokenizer):
+    tokens = encode_chat(tokenizer, conversation())
+    labelled = [t for t, lab in zip(tokens.input_ids, tokens.labels) if lab != IGNORE_INDEX]
+    assert tokenizer.decode(labelled) == "A dog.<|im_end|>\nIt barks.<|im_end|>\n"
+    assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(tokens.input_ids, tokens.labels))
+
+
+def test_generation_prompt_has_no_labels(tokenizer):
+    tokens = encode_chat(tokenizer, conversation()[:2], add_generation_prompt=True)
+    assert set(tokens.labels) == {IGNORE_INDEX}
+    assert tokenizer.decode(tokens.input_ids).endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "no placeholder"}],
+        [{"role": "user", "content": "<video> <video> two"}],
+        [{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "<video> late"}],
+        [{"role": "robot", "content": "<video>"}],
+        [],
+    ],
+)
+def test_bad_conversations_are_refused(tokenizer, messages):
+    with pytest.raises(SpliceError):
+        encode_chat(tokenizer, messages)
+
+
+def test_expand_replaces_the_placeholder_with_the_layout(tokenizer):
+    vid = add_video_token(tokenizer)
+    tokens = encode_chat(tokenizer, conversation())
+    layout = [vid, vid, 7, vid]
+    out = expand_placeholders(tokens, vid, [layout])
+    pos = tokens.input_ids.index(vid)
+    assert out.input_ids[pos : pos + 4] == layout
+    assert out.input_ids[:pos] == tokens.input_ids[:pos] and out.input_ids[pos + 4 :] == tokens.input_ids[pos + 1 :]
+    assert out.labels[pos : pos + 4] == [IGNORE_INDEX] * 4
+    assert len(out.labels) == len(out.input_ids)
+
+
+def test_expand_refuses_a_count_mismatch(tokenizer):
+    vid = add_video_token(tokenizer)
+    tokens = encode_chat(tokenizer, conversation())
+    with pytest.raises(SpliceError, match="1 <video> placeholder"):
+        expand_placeholders(tokens, vid, [[vid], [vid]])
