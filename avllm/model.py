@@ -206,40 +206,46 @@ class AVLLM(nn.Module):
                temperature: float = 0.0, timings: dict[str, float] | None = None) -> Iterator[str]:
         """Generate an answer to the conversation, yielding text pieces as they are decoded.
 
-        `timings` receives `prefill` (the LLM's first forward pass over the prompt).
+        `timings` receives `prefill` (the LLM's first forward pass over the prompt). Closing
+        the iterator early (a client that went away) stops generation at the next token.
         """
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         device = self.llm.get_input_embeddings().weight.device
-        tokens = self.tokenize(messages, enc, add_generation_prompt=True)
-        ids = torch.tensor([tokens.input_ids], device=device)
+        ids = torch.tensor([self.tokenize(messages, enc, add_generation_prompt=True).input_ids], device=device)
         with torch.inference_mode():
             embeds = self.embed(ids, [enc])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         timings = timings if timings is not None else {}
+        stop = threading.Event()
+        failure: list[BaseException] = []
         started = time.perf_counter()
 
         def record_prefill(*_: Any) -> None:
-            timings.setdefault("prefill", time.perf_counter() - started)
+            if threading.current_thread() is worker:  # other requests may share this model
+                timings.setdefault("prefill", time.perf_counter() - started)
 
-        hook = self.llm.register_forward_hook(record_prefill)
-        failure: list[BaseException] = []
+        def stopped(input_ids: torch.Tensor, *_: Any, **__: Any) -> torch.Tensor:
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
         def run() -> None:
             try:
                 with torch.inference_mode():
                     self.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), streamer=streamer,
-                                      max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling)
+                                      max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                      stopping_criteria=StoppingCriteriaList([stopped]), **sampling)
             except BaseException as exc:  # re-raised in the caller's thread below
                 failure.append(exc)
                 streamer.end()
 
         worker = threading.Thread(target=run, daemon=True)
+        hook = self.llm.register_forward_hook(record_prefill)
         worker.start()
         try:
             yield from streamer
         finally:
+            stop.set()
             worker.join()
             hook.remove()
         if failure:

@@ -1,5 +1,7 @@
 """AVLLM on tiny random parts: interleave order, splice checks, streaming, save/load, 4-bit."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +162,13 @@ def test_four_bit_load_runs_on_cpu(parts, tmp_path):
     enc = encoded(model)
     pieces = list(model.stream([{"role": "user", "content": with_video("what?")}], enc, max_new_tokens=4))
     assert pieces
+
+
+def test_closing_the_stream_stops_generation(model, monkeypatch):
+    monkeypatch.setattr(model.llm.generation_config, "eos_token_id", None)  # it would run all 5000 tokens
+    enc = encoded(model)
+    stream = model.stream([{"role": "user", "content": with_video("what?")}], enc, max_new_tokens=5000)
+    next(stream)
+    start = time.perf_counter()
+    stream.close()
+    assert time.perf_counter() - start < 2
