@@ -25,6 +25,7 @@ def tiny_whisper_checkpoint(folder: Path, n_audio_state: int = 32) -> Path:
     )
     torch.manual_seed(0)
     model = whisper.model.Whisper(dims)
+    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)  # whisper leaves it uninitialised
     path = Path(folder) / "tiny-whisper.pt"
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": model.state_dict()}, path)
     return path

