@@ -32,8 +32,10 @@ def quiet_libraries() -> None:
 def cmd_chat(args: argparse.Namespace) -> int:
     quiet_libraries()
     from .inference import ChatReport, ChatSettings, answer_stream, encode_file
+    from .media import probe
     from .model import AVLLM
 
+    probe(args.media)  # a bad file fails in milliseconds, before the model loads
     start = time.perf_counter()
     model = AVLLM.load(args.model)
     load = time.perf_counter() - start

