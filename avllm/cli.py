@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from .errors import AVLLMError
+from .errors import AVLLMError, ConfigError
 
 PROCESS_START = time.perf_counter()
 DEFAULT_MODEL = "starter"
@@ -96,6 +96,87 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from .serve.server import ServeSettings, serve
+
+    logging.getLogger("avllm").setLevel(logging.INFO)
+    serve(ServeSettings(host=args.host, port=args.port, model=args.model, concurrency=args.concurrency,
+                        max_upload_mb=args.max_upload_mb, max_duration=args.max_duration,
+                        allow_local_files=args.allow_local_files, allow_remote_urls=not args.no_remote_urls))
+    return 0
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`--set key=value` pairs, each value read as YAML (numbers, booleans, null, lists)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair}: expected key=value, e.g. --set max_steps=100")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from .config import load_train_config
+
+    cfg = load_train_config(args.config, parse_overrides(args.set))
+    if args.kind == "sft":
+        from .train.sft import run_sft
+
+        if cfg.stage not in ("align", "instruct"):
+            raise ConfigError(f"{args.config}: stage {cfg.stage!r} is not an SFT stage (align or instruct)")
+        out = run_sft(cfg, args.resume)
+    else:
+        from .train.dpo import run_dpo
+
+        out = run_dpo(cfg, args.resume)
+    print(f"saved {out}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from .data.cache import FeatureCache, dataset_media
+    from .model import AVLLM
+
+    media = dataset_media(args.data, allow_outside=args.allow_media_outside)
+    cache = FeatureCache(AVLLM.load(args.model), args.cache)
+    stats = cache.build(media)
+    print(f"{len(set(media))} clips: {stats['hits']} cached already, {stats['built']} built, "
+          f"{stats['rebuilt']} rebuilt; in {cache.folder}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synth import synthesize
+
+    summary = synthesize(args.out, args.n, args.seed, workers=args.workers, heldout_frac=args.heldout_frac)
+    counts = ", ".join(f"{v} {k}" for k, v in summary.counts.items())
+    print(f"{summary.out}: {counts}; seed {summary.seed}, {summary.seconds:.1f} s")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from .eval import markdown, run_eval
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    report = run_eval(args.model, tasks, limit=args.limit, mode=args.mode, media_dir=args.media_dir,
+                      allow_outside=args.allow_outside_media, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, out=args.out)
+    print(markdown(report), end="")
+    if args.out:
+        from pathlib import Path
+
+        print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avllm", description="Audio-visual chat assistant")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,9 +196,57 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
 
+    train = sub.add_parser("train", help="fine-tune: sft (align, instruct) or dpo, from a YAML recipe")
+    train.add_argument("kind", choices=["sft", "dpo"])
+    train.add_argument("--config", required=True, help="configs/train/NAME.yaml")
+    train.add_argument("--resume", default="auto", help="auto (the newest checkpoint in output_dir), none, or a checkpoint folder")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    train.set_defaults(func=cmd_train)
+
+    features = sub.add_parser("features", help="cache the frozen encoders' outputs for a dataset's clips")
+    features.add_argument("--data", required=True, help="instruction, preference or QA JSONL")
+    features.add_argument("--model", default=DEFAULT_MODEL)
+    features.add_argument("--cache", default=None, help="cache folder (default ~/.cache/avllm/features)")
+    features.add_argument("--allow-media-outside", action="store_true", help="let media paths leave the dataset folder")
+    features.set_defaults(func=cmd_features)
+
     convert = sub.add_parser("convert", help="build the cached offline weights of a preset")
     convert.add_argument("--model", default=DEFAULT_MODEL)
     convert.set_defaults(func=cmd_convert)
+
+    serve = sub.add_parser("serve", help="start the Gradio chat UI at / and an OpenAI-compatible API at /v1")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it; the API has no auth)")
+    serve.add_argument("--port", type=positive_int, default=7860)
+    serve.add_argument("--model", default=DEFAULT_MODEL, help="preset name, YAML file or checkpoint folder")
+    serve.add_argument("--concurrency", type=positive_int, default=2, help="answers generated at once; others queue")
+    serve.add_argument("--max-upload-mb", type=float, default=200.0, help="largest clip accepted (MiB)")
+    serve.add_argument("--max-duration", type=float, default=600.0, help="longest clip accepted (seconds)")
+    serve.add_argument("--allow-local-files", action="store_true",
+                       help="let API requests name files on this machine (video_url: /path or file://)")
+    serve.add_argument("--no-remote-urls", action="store_true", help="refuse http(s) video_url values instead of fetching them")
+    serve.set_defaults(func=cmd_serve)
+    synth = sub.add_parser("synth", help="write synthetic clips with known facts and instruction/preference/QA/probe files")
+    synth.add_argument("--out", required=True, help="folder to write (clips/ and *.jsonl)")
+    synth.add_argument("--n", type=positive_int, default=1000, help="number of clips")
+    synth.add_argument("--seed", type=int, default=0, help="defines the set; use different seeds for train and test")
+    synth.add_argument("--workers", type=positive_int, default=2, help="processes rendering clips")
+    synth.add_argument("--heldout-frac", type=float, default=0.1,
+                       help="share of spoken clips using held-out words (test-only; reported apart)")
+    synth.set_defaults(func=cmd_synth)
+
+    evaluate = sub.add_parser("eval", help="zero-shot evaluation on QA files and benchmarks; JSON + Markdown report")
+    evaluate.add_argument("--model", default=DEFAULT_MODEL, help="preset name, YAML file or checkpoint folder")
+    evaluate.add_argument("--tasks", required=True,
+                          help="comma-separated PREFIX:PATH: jsonl:qa.jsonl, music-avqa:avqa-test.json, avsd:test.json, avhbench:json/")
+    evaluate.add_argument("--limit", type=positive_int, default=None, help="score only the first N items of each task")
+    evaluate.add_argument("--out", default=None, help="report JSON (FILE.md and FILE.predictions.jsonl beside it)")
+    evaluate.add_argument("--mode", choices=["loglik", "generate"], default="loglik",
+                          help="multiple choice by option log-likelihood, or by generating and matching the answer")
+    evaluate.add_argument("--media-dir", default=None, help="benchmark videos folder (default: the annotation file's folder)")
+    evaluate.add_argument("--allow-outside-media", action="store_true", help="let JSONL media paths leave the dataset folder")
+    evaluate.add_argument("--batch-size", type=positive_int, default=16, help="options scored per forward pass")
+    evaluate.add_argument("--max-new-tokens", type=positive_int, default=32, help="for open questions and --mode generate")
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 

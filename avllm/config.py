@@ -99,7 +99,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
 def _dataclass_type(annotation: Any) -> type | None:
     """The dataclass named in a field annotation such as 'LoraConfig | None'."""
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    for cls in (MediaConfig, LoraConfig, ModelConfig):
+    for cls in (MediaConfig, LoraConfig, ModelConfig, TrainConfig):
         if cls.__name__ in str(text).split(" | "):
             return cls
     return None
@@ -144,3 +144,41 @@ def load_model_config(spec: str) -> ModelConfig:
     if preset_path(spec).is_file():
         return from_dict(ModelConfig, load_yaml(preset_path(spec)), spec)
     raise ConfigError(f"--model {spec!r}: not a preset ({', '.join(list_presets())}), YAML file or checkpoint folder")
+
+
+@dataclass
+class TrainConfig:
+    """One training run (a stage of SFT, or DPO), read from configs/train/*.yaml."""
+
+    stage: str = "instruct"  # align (projectors only), instruct (projectors + LoRA), dpo
+    model: str = "starter"  # where to start: a preset, a YAML file or a checkpoint folder
+    data: str = ""  # instruction JSONL (sft) or preference JSONL (dpo)
+    output_dir: str = "runs/starter"
+    allow_media_outside: bool = False  # let media paths leave the dataset's folder
+    feature_cache: str | None = None  # folder of cached encoder outputs; None = cache_dir()/features
+    lora: LoraConfig | None = None  # the adapter to add (instruct, dpo); None keeps the model's own
+    quantization: str | None = None  # load the LLM in nf4/8bit for QLoRA (overrides the model's setting)
+    epochs: float = 1.0
+    max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
+    batch_size: int = 8  # per device
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_length: int = 1024  # tokens; longer examples are dropped (and counted in the log)
+    precision: str = "bf16"  # bf16, fp16 (CUDA only) or fp32
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int = 100  # a resumable checkpoint every this many steps
+    save_total_limit: int = 2
+    seed: int = 0
+    dataloader_workers: int = 0
+    beta: float = 0.1  # DPO: strength of the pull towards the reference policy
+    dpo_loss: str = "sigmoid"  # DPO: sigmoid (the paper's) or ipo
+
+
+def load_train_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    data = load_yaml(path)
+    data.update(overrides or {})
+    return from_dict(TrainConfig, data, str(path))

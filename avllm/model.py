@@ -103,17 +103,28 @@ class AVLLM(nn.Module):
         folder = Path(folder)
         config = load_model_config(str(folder))
         model = cls.from_config(config, device)
-        tensors = load_file(folder / PROJECTOR_FILE, device=str(model.llm.get_input_embeddings().weight.device))
-        for name, proj in (("visual", model.visual_proj), ("audio", model.audio_proj)):
-            proj.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
-        if (folder / ADAPTER_DIR).is_dir():
-            from peft import PeftModel
-
-            model.llm = PeftModel.from_pretrained(model.llm, folder / ADAPTER_DIR)
-            model.llm.eval()
-        elif config.lora is not None:
-            raise ConfigError(f"{folder}: the config names a LoRA adapter but {ADAPTER_DIR}/ is missing")
+        if config.lora is not None:
+            if not (folder / ADAPTER_DIR).is_dir():
+                raise ConfigError(f"{folder}: the config names a LoRA adapter but {ADAPTER_DIR}/ is missing")
+            model.add_lora()
+        model.load_trainable(folder)
+        model.eval()
         return model
+
+    def load_trainable(self, folder: str | Path) -> None:
+        """Load the projectors and the LoRA weights saved in `folder` into this model (same shapes)."""
+        folder = Path(folder)
+        tensors = load_file(folder / PROJECTOR_FILE, device=str(self.llm.get_input_embeddings().weight.device))
+        for name, proj in (("visual", self.visual_proj), ("audio", self.audio_proj)):
+            proj.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
+        adapter_file = folder / ADAPTER_DIR / "adapter_model.safetensors"
+        if hasattr(self.llm, "peft_config") and adapter_file.is_file():  # else: a fresh adapter starts here
+            from peft import set_peft_model_state_dict
+
+            adapter = load_file(adapter_file)
+            result = set_peft_model_state_dict(self.llm, adapter)
+            if result.unexpected_keys:
+                raise ConfigError(f"{folder}: adapter weights do not fit this model: {result.unexpected_keys[:3]}")
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Config JSON, projectors as safetensors, LoRA as a peft adapter folder; encoders and LLM by name."""

@@ -62,7 +62,7 @@ def tiny_llm_folder(folder: Path, hidden: int = 32) -> Path:
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                          max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-                         tie_word_embeddings=True)
+                         tie_word_embeddings=True, initializer_range=0.3)  # logits wide enough to learn
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     path = Path(folder) / "tiny-llm"

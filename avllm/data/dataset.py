@@ -1,0 +1,77 @@
+"""Instruction records -> tokenized examples with their cached clip features -> padded batches.
+
+Tokenization happens once, up front, so over-long examples are dropped (and counted)
+before training starts rather than failing mid-run; each item then only reads its clip's
+features from the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..model import AVLLM, EncodedClip
+from ..prompt import IGNORE_INDEX, ChatTokens
+from .cache import FeatureCache
+from .formats import InstructionRecord
+
+log = logging.getLogger(__name__)
+
+
+def build_examples(records: Sequence[Any], cache: FeatureCache, tokenize: Callable[[Any, EncodedClip], list[ChatTokens]],
+                   max_length: int, what: str) -> list[tuple[Any, list[ChatTokens]]]:
+    """Tokenize every record against its clip's layout; drop (and report) those over max_length."""
+    kept, dropped = [], []
+    for record in tqdm(records, desc=f"tokenizing {what}", unit="record"):
+        parts = tokenize(record, cache.get(record.media))
+        if max(len(p.input_ids) for p in parts) > max_length:
+            dropped.append(record.id)
+        else:
+            kept.append((record, parts))
+    if dropped:
+        log.warning("dropped %d of %d %s longer than max_length=%d tokens (first: %s)",
+                    len(dropped), len(records), what, max_length, ", ".join(dropped[:5]))
+    return kept
+
+
+class InstructionDataset(Dataset):
+    """Supervised examples: the whole conversation, loss on the assistant turns only."""
+
+    def __init__(self, records: Sequence[InstructionRecord], cache: FeatureCache, model: AVLLM, max_length: int):
+        self.cache = cache
+        self.examples = build_examples(
+            records, cache, lambda r, enc: [model.tokenize(r.conversations, enc, add_generation_prompt=False)],
+            max_length, "instruction records")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record, (tokens,) = self.examples[index]
+        return {"input_ids": tokens.input_ids, "labels": tokens.labels, "media": self.cache.get(record.media)}
+
+
+@dataclass
+class Collator:
+    """Right-pads token lists into tensors; the clips travel as a list beside them."""
+
+    pad_id: int
+
+    def pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        ids = [b["input_ids"] for b in batch]
+        return {
+            "input_ids": self.pad(ids, self.pad_id),
+            "attention_mask": self.pad([[1] * len(r) for r in ids], 0),
+            "labels": self.pad([b["labels"] for b in batch], IGNORE_INDEX),
+            "media": [b["media"] for b in batch],
+        }

@@ -1,0 +1,145 @@
+"""What SFT and DPO share: building the model for a stage, the feature cache, and a
+transformers Trainer that saves and resumes avllm checkpoints (projectors + LoRA only).
+
+Trainer brings accelerate (DDP, FSDP, DeepSpeed through `accelerate launch`), mixed
+precision, gradient accumulation and checkpointing, TensorBoard, a progress bar, and resuming
+with the same data order; avllm only teaches it what a checkpoint is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..config import LoraConfig, TrainConfig, load_model_config, to_dict
+from ..data.cache import FeatureCache
+from ..errors import ConfigError
+from ..model import CONFIG_FILE, AVLLM, default_device
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: TrainConfig) -> AVLLM:
+    """The model a stage starts from, with exactly the parameters that stage trains set trainable.
+
+    align: projectors only. instruct and dpo: projectors and a LoRA adapter (QLoRA when the
+    LLM is loaded in 4-bit). The encoders and the LLM's own weights stay frozen.
+    """
+    if cfg.stage not in ("align", "instruct", "dpo"):
+        raise ConfigError(f"stage {cfg.stage!r}: use align, instruct or dpo")
+    config = load_model_config(cfg.model)
+    if cfg.quantization is not None:
+        config = dataclasses.replace(config, quantization=cfg.quantization)
+    is_checkpoint = (Path(cfg.model) / CONFIG_FILE).is_file()
+    if cfg.stage != "align" and config.lora is None:
+        config = dataclasses.replace(config, lora=cfg.lora or LoraConfig())
+    model = AVLLM.from_config(config, default_device())
+    for param in model.llm.parameters():
+        param.requires_grad_(False)
+    if config.lora is not None:
+        if config.quantization:
+            from peft import prepare_model_for_kbit_training
+
+            model.llm = prepare_model_for_kbit_training(model.llm, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model.add_lora()
+    if is_checkpoint:
+        model.load_trainable(cfg.model)
+    for proj in (model.visual_proj, model.audio_proj):
+        proj.float().requires_grad_(True)  # trained in float32; autocast computes in bf16/fp16
+    return model
+
+
+def feature_cache(model: AVLLM, cfg: TrainConfig) -> FeatureCache:
+    return FeatureCache(model, cfg.feature_cache)
+
+
+class TrainableAVLLM(nn.Module):
+    """What the Trainer sees: AVLLM's forward with batch keys as arguments."""
+
+    def __init__(self, avllm: AVLLM):
+        super().__init__()
+        self.avllm = avllm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list, labels: torch.Tensor | None = None) -> Any:
+        return self.avllm(input_ids, attention_mask, media, labels=labels)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **_: Any) -> None:
+        self.avllm.llm.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=activation_checkpointing_kwargs or {"use_reentrant": False})
+
+
+class AVTrainer(Trainer):
+    """A Trainer whose checkpoints are avllm checkpoints (config, projectors, adapter)."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self.args.should_save:
+            self.accelerator.unwrap_model(self.model).avllm.save_pretrained(output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        log.warning("resuming from %s", resume_from_checkpoint)
+        self.accelerator.unwrap_model(model or self.model).avllm.load_trainable(resume_from_checkpoint)
+
+
+def training_arguments(cfg: TrainConfig, **extra: Any) -> TrainingArguments:
+    on_gpu = torch.cuda.is_available()
+    if cfg.precision not in ("bf16", "fp16", "fp32"):
+        raise ConfigError(f"precision {cfg.precision!r}: use bf16, fp16 or fp32")
+    if cfg.precision == "fp16" and not on_gpu:
+        raise ConfigError("precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    return TrainingArguments(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
+        use_cpu=not on_gpu,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=cfg.dataloader_workers,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to=["tensorboard"],
+        **extra,
+    )
+
+
+def resume_point(cfg: TrainConfig, resume: str | None) -> str | None:
+    """`auto`: the newest checkpoint in output_dir, if a run was interrupted; `none`: start over."""
+    if resume in (None, "none"):
+        return None
+    if resume == "auto":
+        folder = Path(cfg.output_dir)
+        return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if not Path(resume).is_dir():
+        raise ConfigError(f"--resume {resume}: no such checkpoint folder")
+    return resume
+
+
+def finish(trainer: AVTrainer, cfg: TrainConfig, metrics: dict[str, Any]) -> Path:
+    """Save the final checkpoint with the run's settings and figures beside it."""
+    out = Path(cfg.output_dir)
+    trainer.save_model(str(out))
+    if trainer.args.should_save:
+        (out / "train_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        history = {"log_history": trainer.state.log_history}
+        (out / "train_metrics.json").write_text(json.dumps({**metrics, **history}, indent=2))
+    return out

@@ -1,0 +1,154 @@
+"""Feature cache and SFT on tiny random models: the loss falls, masks, resume after kill -9."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from avllm.config import TrainConfig, from_dict, load_model_config
+from avllm.data.cache import FeatureCache
+from avllm.data.dataset import Collator, InstructionDataset
+from avllm.data.formats import load
+from avllm.model import AVLLM
+from avllm.prompt import IGNORE_INDEX
+from avllm.train.common import build_model
+from conftest import write_clip
+from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
+
+ANSWERS = {440.0: "A low tone.", 1760.0: "A high tone."}
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    """Four clips (two tones, with and without a picture) and instruction records about them."""
+    folder = tmp_path_factory.mktemp("sft-data")
+    records = []
+    for i, (tone, video) in enumerate([(440.0, True), (1760.0, True), (440.0, False), (1760.0, False)]):
+        name = f"clip{i}.mp4" if video else f"clip{i}.wav"
+        write_clip(folder / name, seconds=2.0, tone_hz=tone, with_video=video,
+                   audio_codec="aac" if video else "pcm_s16le", channels=2 if video else 1)
+        records.append({"id": f"r{i}", "media": name, "conversations": [
+            {"role": "user", "content": "<video>\nWhat do you hear?"},
+            {"role": "assistant", "content": ANSWERS[tone]}]})
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_preset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-train-model")
+    preset = {"name": "tiny", "audio_encoder": str(tiny_whisper_checkpoint(folder)),
+              "visual_encoder": str(tiny_clip_config(folder)), "llm": str(tiny_llm_folder(folder)),
+              "media": {"num_frames": 2}, "visual_tokens_per_slot": 1, "audio_tokens_per_slot": 2}
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return str(path)
+
+
+def recipe(tmp_path, tiny_preset, dataset_dir, **overrides) -> dict:
+    settings = dict(stage="instruct", model=tiny_preset, data=str(dataset_dir / "train.jsonl"),
+                    output_dir=str(tmp_path / "run"), feature_cache=str(tmp_path / "features"),
+                    lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+                    batch_size=2, learning_rate=3e-3, max_steps=12, save_steps=100, logging_steps=1,
+                    precision="fp32", warmup_ratio=0.0, lr_scheduler="constant")
+    settings.update(overrides)
+    return settings
+
+
+def test_feature_cache_hits_and_rebuilds_bad_entries(tmp_path, tiny_preset, dataset_dir):
+    model = AVLLM.from_config(load_model_config(tiny_preset), device="cpu")
+    cache = FeatureCache(model, tmp_path / "cache")
+    clip = dataset_dir / "clip0.mp4"
+    first = cache.get(clip)
+    again = cache.get(clip)
+    assert cache.stats == {"hits": 1, "built": 1, "rebuilt": 0}
+    assert torch.equal(first.visual, again.visual) and torch.equal(first.audio, again.audio)
+    assert again.facts.path == first.facts.path and again.duration == first.duration
+    entry = cache.entry(clip)
+    entry.write_bytes(entry.read_bytes()[:-100])  # truncated
+    cache.get(clip)
+    raw = bytearray(entry.read_bytes())
+    raw[-5] ^= 0xFF  # a flipped bit in the tensor data
+    entry.write_bytes(bytes(raw))
+    rebuilt = cache.get(clip)
+    assert cache.stats["rebuilt"] == 2 and torch.equal(rebuilt.audio, first.audio)
+    config = load_model_config(tiny_preset)
+    config = dataclasses.replace(config, media=dataclasses.replace(config.media, num_frames=3))
+    other = FeatureCache(AVLLM.from_config(config, device="cpu"), tmp_path / "cache")
+    assert other.folder != cache.folder  # other sampling settings never share entries
+
+
+def test_dataset_labels_only_the_answers(tmp_path, tiny_preset, dataset_dir):
+    cfg = from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir))
+    model = build_model(cfg)
+    data = InstructionDataset(load(cfg.data, "instruction"), FeatureCache(model, cfg.feature_cache), model, 512)
+    items = [data[0], data[2]]  # a clip with a picture and one without: different lengths
+    batch = Collator(model.tokenizer.pad_token_id)(items)
+    assert batch["media"] == [items[0]["media"], items[1]["media"]]
+    for item, ids, labels, mask in zip(items, batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        answer = model.tokenizer.decode(labels[labels != IGNORE_INDEX])
+        assert answer in {f"{a}<|im_end|>\n" for a in ANSWERS.values()}
+        assert int(mask.sum()) == len(item["input_ids"]) and ids[: len(item["input_ids"])].tolist() == item["input_ids"]
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"visual_proj", "audio_proj", "llm"}
+    assert all("lora_" in n for n, p in model.llm.named_parameters() if p.requires_grad)
+
+
+def test_loss_falls_and_checkpoint_loads(tmp_path, tiny_preset, dataset_dir):
+    from avllm.train.sft import run_sft
+
+    lora = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]}
+    cfg = from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, max_steps=30, learning_rate=3e-2, lora=lora))
+    out = run_sft(cfg)
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    losses = [e["loss"] for e in metrics["log_history"] if "loss" in e]
+    assert len(losses) == 30 and losses[-1] < 0.5 * losses[0]
+    assert metrics["examples"] == 4
+    loaded = AVLLM.from_pretrained(out, device="cpu")
+    assert loaded.config.lora is not None and (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_align_trains_projectors_only(tmp_path, tiny_preset, dataset_dir):
+    model = build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, stage="align", lora=None)))
+    assert not any(p.requires_grad for p in model.llm.parameters())
+    assert all(p.requires_grad for p in model.visual_proj.parameters())
+
+
+def train_cli(config: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "avllm.cli", "train", "sft", "--config", str(config), *extra],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_preset, dataset_dir):
+    settings = recipe(tmp_path, tiny_preset, dataset_dir, max_steps=16, save_steps=4, lora=None, stage="align",
+                      save_total_limit=10)
+    straight = tmp_path / "straight.yaml"
+    straight.write_text(yaml.safe_dump({**settings, "output_dir": str(tmp_path / "straight")}))
+    killed = tmp_path / "killed.yaml"
+    killed.write_text(yaml.safe_dump({**settings, "output_dir": str(tmp_path / "killed")}))
+    assert train_cli(straight).wait(timeout=300) == 0
+
+    proc = train_cli(killed)
+    deadline = time.time() + 240
+    while not (tmp_path / "killed" / "checkpoint-8" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "projectors.safetensors").exists()  # it really died mid-run
+    resumed = train_cli(killed)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a = load_file(tmp_path / "straight" / "projectors.safetensors")
+    b = load_file(tmp_path / "killed" / "projectors.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
