@@ -76,6 +76,8 @@ class ModelConfig:
     audio_tokens_per_slot: int = 4  # LLM tokens for the audio around each frame
     time_marks: bool = False  # put "t=3s" text before each slot
     dtype: str = "float32"  # LLM and projector dtype: float32, bfloat16, float16
+    # The frozen encoders' compute dtype (features are cached per dtype): float32, bfloat16, float16.
+    encoder_dtype: str = "float32"
     lora: LoraConfig | None = None  # set when the LLM carries a LoRA adapter
     media: MediaConfig = field(default_factory=MediaConfig)
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import ModelConfig, load_model_config, to_dict
 from .errors import ConfigError, SpliceError
-from .llm import LoadedLLM, load_llm
+from .llm import DTYPES, LoadedLLM, load_llm
 from .media import Clip, MediaFacts, sample_times
 from .projector import build_projector
 from .prompt import ChatTokens, Message, add_video_token, encode_chat, expand_placeholders
@@ -86,8 +86,11 @@ class AVLLM(nn.Module):
         from .encoders.visual import CLIPVisualEncoder
 
         device = device or default_device()
+        if config.encoder_dtype not in DTYPES:
+            raise ConfigError(f"encoder_dtype {config.encoder_dtype!r}: use one of {sorted(DTYPES)}")
         audio = WhisperAudioEncoder.from_spec(config.audio_encoder, device=device)
-        visual = CLIPVisualEncoder.from_spec(config.visual_encoder, config.visual_pretrained, device=device)
+        audio.input_dtype = DTYPES[config.encoder_dtype]
+        visual = CLIPVisualEncoder.from_spec(config.visual_encoder, config.visual_pretrained, device, DTYPES[config.encoder_dtype])
         llm = load_llm(config.llm, config.quantization, config.dtype, device)
         return cls(config, audio, visual, llm)
 

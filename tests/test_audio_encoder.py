@@ -82,11 +82,11 @@ def test_half_input_keeps_float32_weights(encoder):
     """The CUDA path (float16 mel into float32 weights), run on the CPU, which supports it too."""
     audio = noise(2.0)
     full = encoder([audio])[0]
-    encoder.half_input = True
+    encoder.input_dtype = torch.float16
     try:
         half = encoder([audio])[0]
     finally:
-        encoder.half_input = None
+        encoder.input_dtype = None
     assert half.dtype == torch.float32 and all(p.dtype == torch.float32 for p in encoder.parameters())
     torch.testing.assert_close(half, full, atol=2e-2, rtol=2e-2)
 

@@ -57,6 +57,7 @@ class FeatureCache:
             "audio": model.audio_encoder.description,
             "visual": model.visual_encoder.description,
             "media": asdict(model.config.media),
+            "encoder_dtype": model.config.encoder_dtype,
             "format": FORMAT,
         }
         self.settings_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

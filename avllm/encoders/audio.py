@@ -125,9 +125,10 @@ class WhisperAudioEncoder(torch.nn.Module):
 
     frame_rate = 50  # features per second: 1500 per 30 s window
     batch_size: int = 8  # 30 s windows encoded at once
-    # Feed float16 mel (weights stay float32: whisper casts them to the input's dtype and runs
-    # LayerNorm in float32; a model cast wholly to half fails). None = only on CUDA.
-    half_input: bool | None = None
+    # The dtype the mel input is fed in. Weights stay float32: whisper casts them to the input's
+    # dtype and runs LayerNorm in float32 (a model cast wholly to half fails). None = float16 on
+    # CUDA, float32 elsewhere; bfloat16 is ~2.5x faster on CPUs with AMX.
+    input_dtype: torch.dtype | None = None
 
     def __init__(self, dims: ModelDimensions, state: dict[str, torch.Tensor], description: str = "Whisper encoder"):
         super().__init__()
@@ -173,8 +174,7 @@ class WhisperAudioEncoder(torch.nn.Module):
         input is encoded in batches, and the frames of a window's zero padding are dropped.
         """
         device = self.device
-        half = device.type == "cuda" if self.half_input is None else self.half_input
-        dtype = torch.float16 if half else torch.float32
+        dtype = self.input_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
         chunks: list[tuple[int, np.ndarray]] = []
         for i, audio in enumerate(audios):
             audio = np.asarray(audio, dtype=np.float32)

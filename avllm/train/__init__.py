@@ -1,0 +1,1 @@
+"""Training: supervised fine-tuning (align, instruct) and DPO, on transformers' Trainer."""
