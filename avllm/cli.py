@@ -166,6 +166,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import markdown, run_eval
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # fewer threads than cores when the CPU is shared (see --help)
     report = run_eval(args.model, tasks, limit=args.limit, mode=args.mode, media_dir=args.media_dir,
                       allow_outside=args.allow_outside_media, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, out=args.out)
@@ -246,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--allow-outside-media", action="store_true", help="let JSONL media paths leave the dataset folder")
     evaluate.add_argument("--batch-size", type=positive_int, default=16, help="options scored per forward pass")
     evaluate.add_argument("--max-new-tokens", type=positive_int, default=32, help="for open questions and --mode generate")
+    evaluate.add_argument("--threads", type=positive_int, default=None,
+                          help="CPU threads for torch (default: torch's choice); on a CPU busy with other work, 1 can be "
+                               "many times faster than oversubscribed threads")
     evaluate.set_defaults(func=cmd_eval)
     return parser
 

@@ -22,3 +22,7 @@ class ModelLoadError(AVLLMError):
 
 class SpliceError(AVLLMError):
     """The prompt's <video> placeholders do not match the media supplied."""
+
+
+class DataError(AVLLMError):
+    """A dataset or benchmark file with bad records: every problem named by file:line:field, with the fix."""

@@ -1,0 +1,224 @@
+"""`avllm synth`: short clips whose every fact is known, and the instruction, preference, QA
+and probe files that ask about them.
+
+A clip (4 s, 224x224 at 8 fps, 16 kHz mono AAC, in mp4) shows a group of 1-3 shapes of one
+colour moving one way, or two objects one after the other; the screen may flash white for
+one 0.5 s slot. Its sound is a spoken word (espeak-ng), 1-4 beeps, a tone (low, high,
+rising, falling), silence, or no audio track at all; beeps may or may not line up with the
+flash. Facts come from a random stream seeded by (seed, clip index) only, so a set is the
+same on every machine and run, and clip ids carry the seed (`s7-00012`): sets made with
+different seeds never share a clip. Use one seed for training and another for testing.
+
+A few spoken clips (`--heldout-frac`) use words from a held-out vocabulary. They appear
+only in qa.jsonl and probes.jsonl (QA items about the word carry `split: heldout_vocab`,
+scored apart by `avllm eval`), never in instructions.jsonl or preferences.jsonl, so no
+training set made by this tool ever speaks them.
+
+Files written in DIR: clips/*.mp4, clips.jsonl (the facts), instructions.jsonl,
+preferences.jsonl, qa.jsonl, probes.jsonl and synth.json (settings and counts).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+from ..prompt import VIDEO_TOKEN
+from .formats import qa_prompt, write_jsonl
+from .synth_media import COLOURS, MOTIONS, SECONDS, SHAPES, SLOTS, SPEEDS, TONE_SLOTS, TONES, VOICES, WORD_SLOTS, render_clip
+from .synth_text import Question, describe, mc_questions, pick_probes, probe_candidates
+
+VERSION = 1
+VOCAB = ("apple", "banana", "guitar", "window", "rocket", "pencil", "tiger", "coffee")  # spoken in training
+HELDOUT_VOCAB = ("dragon", "ladder", "violin", "orange")  # only ever spoken in held-out test items
+SOUNDS = ("speech", "beeps", "tone", "silence")
+SOUND_P = (0.3, 0.3, 0.2, 0.2)
+OPEN_FOLLOW_UPS = 2  # open questions after the description in the multi-turn conversation
+PROBES_PER_ANSWER = 1  # probes.jsonl: one yes and one no per clip
+TRAIN_PROBES_PER_ANSWER = 2  # instructions.jsonl: up to two of each
+
+
+@dataclass
+class SynthSummary:
+    out: Path
+    seed: int
+    clips: int
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------- facts
+
+
+def _pick(rng: np.random.Generator, options) -> Any:
+    value = options[int(rng.integers(len(options)))]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _spaced_slots(rng: np.random.Generator, n: int, allowed: list[int]) -> list[int]:
+    """n slots from `allowed` with no two adjacent (each beep stands alone)."""
+    while True:
+        slots = sorted(int(s) for s in rng.choice(allowed, size=n, replace=False))
+        if all(b - a > 1 for a, b in zip(slots, slots[1:])):
+            return slots
+
+
+def sample_facts(seed: int, index: int, heldout_frac: float = 0.1) -> dict[str, Any]:
+    """The facts of clip `index` of a set made with `seed`; nothing else influences them."""
+    rng = np.random.default_rng([seed, index, VERSION])
+    cid = f"s{seed}-{index:05d}"
+    f: dict[str, Any] = {"id": cid, "media": f"clips/{cid}.mp4", "seed": seed, "index": index, "duration": SECONDS,
+                         "slots": SLOTS, "scene": "two" if rng.random() < 0.3 else "one",
+                         "jitter": [int(rng.integers(-10, 11)), int(rng.integers(-10, 11))]}
+    if f["scene"] == "one":
+        f.update(shape=_pick(rng, SHAPES), colour=_pick(rng, list(COLOURS)), count=int(rng.integers(1, 4)),
+                 motion=_pick(rng, list(MOTIONS)))
+    else:
+        shapes = rng.choice(len(SHAPES), 2, replace=False)
+        colours = rng.choice(len(COLOURS), 2, replace=False)
+        f["objects"] = [{"shape": SHAPES[s], "colour": list(COLOURS)[c]} for s, c in zip(shapes, colours)]
+    sound = str(rng.choice(SOUNDS, p=SOUND_P))
+    if sound == "silence" and rng.random() < 0.5:
+        sound = "none"  # no audio track at all
+    f["sound"] = sound
+    f["flash_slot"] = int(rng.integers(SLOTS)) if rng.random() < 0.5 else None
+    half = int(rng.integers(2))
+    f["heldout"] = False
+    if sound == "speech":
+        f["heldout"] = bool(rng.random() < heldout_frac)
+        f["word"] = _pick(rng, HELDOUT_VOCAB if f["heldout"] else VOCAB)
+        f["voice"], f["speed"] = _pick(rng, VOICES), _pick(rng, SPEEDS)
+        if f["scene"] == "one":
+            f["word_slot"] = int(rng.integers(SLOTS - WORD_SLOTS + 1))
+        else:
+            f["sound_half"] = half
+            f["word_slot"] = half * SLOTS // 2 + int(rng.integers(SLOTS // 2 - WORD_SLOTS + 1))
+    elif sound == "beeps":
+        if f["scene"] == "one":
+            f["beep_slots"] = _spaced_slots(rng, int(rng.integers(1, 5)), list(range(SLOTS)))
+        else:
+            f["sound_half"] = half
+            f["beep_slots"] = _spaced_slots(rng, int(rng.integers(1, 3)), list(range(half * SLOTS // 2, (half + 1) * SLOTS // 2)))
+        if f["flash_slot"] is not None:  # beep at the flash or not, half and half
+            f["sync"] = bool(rng.random() < 0.5)
+            others = [s for s in range(SLOTS) if s not in f["beep_slots"]]
+            f["flash_slot"] = _pick(rng, f["beep_slots"] if f["sync"] else others)
+    elif sound == "tone":
+        f["tone"] = _pick(rng, list(TONES))
+        f["tone_slot"] = int(rng.integers(SLOTS - TONE_SLOTS + 1))
+    return f
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def _user(question: str) -> dict[str, str]:
+    return {"role": "user", "content": f"{VIDEO_TOKEN}\n{question}"}
+
+
+def _qa(f: dict[str, Any], q: Question, n: int, prefix: str = "q") -> dict[str, Any]:
+    record = {"id": f"{f['id']}-{prefix}{n}", "media": f["media"], "question": q.question, "choices": q.choices,
+              "answer": q.answer, "kind": q.kind, "family": q.family, "clip": f["id"]}
+    if q.split:
+        record["split"] = q.split
+    return record
+
+
+def clip_records(f: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """All records about one clip, by file; a held-out-vocabulary clip gets no training records."""
+    rng = np.random.default_rng([f["seed"], f["index"], VERSION, 1])
+    mcs = mc_questions(f, rng, list(VOCAB))
+    candidates = probe_candidates(f, rng)
+    probes = pick_probes(candidates, rng, PROBES_PER_ANSWER)
+    out = {"qa": [_qa(f, q, i) for i, q in enumerate(mcs)],
+           "probes": [_qa(f, q, i, "p") for i, q in enumerate(probes)],
+           "instructions": [], "preferences": []}
+    if f["heldout"]:
+        return out
+    ins, pref = out["instructions"], out["preferences"]
+    base = {"media": f["media"], "clip": f["id"]}
+    for i, q in enumerate(mcs):  # the eval prompt exactly, answered with the option's text
+        ins.append({"id": f"{f['id']}-mc{i}", **base, "style": "choice", "family": q.family, "kind": q.kind,
+                    "conversations": [_user(qa_prompt(q.question, q.choices)), {"role": "assistant", "content": q.answer}]})
+    train_probes = pick_probes(candidates, rng, TRAIN_PROBES_PER_ANSWER)
+    for i, q in enumerate(train_probes):
+        ins.append({"id": f"{f['id']}-yn{i}", **base, "style": "yes-no", "family": q.family, "kind": q.kind,
+                    "conversations": [_user(q.question), {"role": "assistant", "content": q.sentence}]})
+    follow = [mcs[i] for i in rng.permutation(len(mcs)) if mcs[i].family != "describe"][:OPEN_FOLLOW_UPS]
+    turns = [_user("Describe what you see and hear."), {"role": "assistant", "content": describe(f)}]
+    for q in follow:
+        turns += [{"role": "user", "content": q.question}, {"role": "assistant", "content": q.sentence}]
+    ins.append({"id": f"{f['id']}-open", **base, "style": "open", "family": "describe+" + "+".join(q.family for q in follow),
+                "kind": "audio-visual", "conversations": turns})
+    # Preferences: the grounded answer against one that contradicts the sound or the picture, and a
+    # hallucinated "Yes" against a grounded "No" for a probe whose answer is no.
+    by_target = {t: [q for q in mcs if q.target == t and q.family != "describe"] for t in ("sound", "picture")}
+    chosen_qs = [qs[int(rng.integers(len(qs)))] for qs in by_target.values() if qs]
+    chosen_qs.append(next(q for q in mcs if q.family == "describe"))
+    no_probes = [q for q in candidates if q.answer == "no"]
+    chosen_qs.append(no_probes[int(rng.integers(len(no_probes)))])
+    for i, q in enumerate(chosen_qs):
+        pref.append({"id": f"{f['id']}-pref{i}", **base, "target": q.target, "family": q.family, "kind": q.kind,
+                     "prompt": [_user(q.question if q.family != "describe" else "Describe what you see and hear.")],
+                     "chosen": q.sentence, "rejected": q.wrong})
+    return out
+
+
+def _render(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
+    facts, out = job
+    render_clip(facts, Path(out) / facts["media"])
+    return clip_records(facts)
+
+
+# ----------------------------------------------------------------------------- the whole set
+
+
+def synthesize(out: str | Path, n: int, seed: int, workers: int = 2, heldout_frac: float = 0.1,
+               progress: bool = True) -> SynthSummary:
+    """Write n clips and their record files into `out` (see the module docstring)."""
+    if n <= 0:
+        raise DataError(f"--n {n}: give a positive number of clips")
+    if not 0 <= heldout_frac <= 1:
+        raise DataError(f"--heldout-frac {heldout_frac}: must lie between 0 and 1")
+    start = time.perf_counter()
+    out = Path(out)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    facts = [sample_facts(seed, i, heldout_frac) for i in range(n)]
+    jobs = [(f, str(out)) for f in facts]
+    bar = tqdm(total=n, desc="synth clips", unit="clip", disable=not progress)
+    results: list[dict[str, list]] = []
+    try:
+        if workers <= 1:
+            for job in jobs:
+                results.append(_render(job))
+                bar.update()
+        else:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for result in pool.imap(_render, jobs, chunksize=4):
+                    results.append(result)
+                    bar.update()
+    finally:
+        bar.close()
+    files = {name: [r for result in results for r in result[name]] for name in ("instructions", "preferences", "qa", "probes")}
+    counts = {"clips": write_jsonl(out / "clips.jsonl", facts)}
+    for name, records in files.items():
+        counts[name] = write_jsonl(out / f"{name}.jsonl", records)
+    summary = SynthSummary(out, seed, n, counts, time.perf_counter() - start)
+    stats = {
+        "version": VERSION, "seed": seed, "n": n, "heldout_frac": heldout_frac, "vocab": list(VOCAB),
+        "heldout_vocab": list(HELDOUT_VOCAB), "counts": counts,
+        "qa_by_kind": dict(Counter(r["kind"] for r in files["qa"])),
+        "probes_by_answer": dict(Counter(r["answer"] for r in files["probes"])),
+        "heldout_clips": sum(f["heldout"] for f in facts),
+    }
+    (out / "synth.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return summary

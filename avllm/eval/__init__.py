@@ -1,0 +1,40 @@
+"""Zero-shot evaluation: benchmark adapters (tasks), scoring (scoring) and reports (report).
+
+`run_eval` is what `avllm eval` calls: every task is loaded and validated before the model
+is, so a bad annotation file fails in a second, not after minutes of loading.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .report import build_report, markdown, write_report
+from .scoring import MODES, AnswerModel, AVLLMScorer, TaskResult, evaluate
+from .tasks import TASKS, EvalItem, Task, TaskData, make_task
+
+__all__ = ["MODES", "TASKS", "AVLLMScorer", "AnswerModel", "EvalItem", "Task", "TaskData", "TaskResult",
+           "build_report", "evaluate", "make_task", "markdown", "run_eval", "write_report"]
+
+
+def run_eval(model: str | AnswerModel, tasks: list[str], limit: int | None = None, mode: str = "loglik",
+             media_dir: str | None = None, allow_outside: bool = False, batch_size: int = 16,
+             max_new_tokens: int = 32, out: str | Path | None = None, progress: bool = True,
+             device: str | None = None) -> dict[str, Any]:
+    """Load the tasks, then the model (a preset, YAML or checkpoint folder, or an AnswerModel),
+    score every task and return the report (also written to `out` and `out`.md when given)."""
+    start = time.perf_counter()
+    loaded = [make_task(spec, media_dir, allow_outside).load() for spec in tasks]
+    if isinstance(model, str):
+        from ..model import AVLLM
+
+        scorer: AnswerModel = AVLLMScorer(AVLLM.load(model, device=device), batch_size=batch_size, name=model)
+    else:
+        scorer = model
+    results = [evaluate(t, scorer, mode, limit, max_new_tokens, progress) for t in loaded]
+    report = build_report(results, scorer.name, time.perf_counter() - start)
+    if out is not None:
+        write_report(report, out, results)
+    return report
+
