@@ -157,6 +157,7 @@ class TrainConfig:
     data: str = ""  # instruction JSONL (sft) or preference JSONL (dpo)
     output_dir: str = "runs/starter"
     allow_media_outside: bool = False  # let media paths leave the dataset's folder
+    pack_turns: int = 1  # SFT: join up to this many single-question records of a clip into one conversation
     feature_cache: str | None = None  # folder of cached encoder outputs; None = cache_dir()/features
     lora: LoraConfig | None = None  # the adapter to add (instruct, dpo); None keeps the model's own
     quantization: str | None = None  # load the LLM in nf4/8bit for QLoRA (overrides the model's setting)
@@ -164,7 +165,9 @@ class TrainConfig:
     max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
     batch_size: int = 8  # per device
     grad_accum: int = 1
-    learning_rate: float = 2e-4
+    learning_rate: float = 2e-4  # LoRA's rate (and the projectors', unless projector_lr is set)
+    projector_lr: float | None = None  # the projectors' own rate: they start from scratch, LoRA does not
+    group_by_length: bool = True  # SFT: batch examples of similar length together, less padding
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0

@@ -19,15 +19,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import ModelConfig, load_model_config, to_dict
 from .errors import ConfigError, SpliceError
 from .llm import DTYPES, LoadedLLM, load_llm
 from .media import Clip, MediaFacts, sample_times
 from .projector import build_projector
-from .prompt import ChatTokens, Message, add_video_token, encode_chat, expand_placeholders
+from .prompt import IGNORE_INDEX, ChatTokens, Message, add_video_token, encode_chat, expand_placeholders
 
 CONFIG_FILE = "avllm_config.json"
 PROJECTOR_FILE = "projectors.safetensors"
@@ -214,7 +216,33 @@ class AVLLM(nn.Module):
         return embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), media_embeds.to(embeds.dtype))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip], labels: torch.Tensor | None = None) -> Any:
-        return self.llm(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask, labels=labels)
+        """Without labels, the LLM's output. With labels, the mean next-token loss over the labelled
+        positions, computing logits only there: the vocabulary projection is about a fifth of a
+        small LLM's work, and most positions (the media, the question) carry no label.
+        """
+        if labels is None:
+            return self.llm(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask)
+        logits, targets, _ = self.label_logits(input_ids, attention_mask, media, labels)
+        return CausalLMOutputWithPast(loss=F.cross_entropy(logits, targets), logits=logits)
+
+    def label_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip],
+                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """float32 logits [K, vocab] predicting the K labelled tokens, those tokens [K], and where
+        they sit ([B, L-1] mask over next-token positions)."""
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        hidden = base.get_decoder()(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        return base.get_output_embeddings()(hidden[:, :-1][keep]).float(), targets[keep], keep
+
+    def sequence_logps(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip],
+                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: the summed log-probability of its labelled tokens, and how many there are (DPO)."""
+        logits, targets, keep = self.label_logits(input_ids, attention_mask, media, labels)
+        token_logps = torch.log_softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1)
+        rows = keep.nonzero()[:, 0]
+        sums = token_logps.new_zeros(len(labels)).index_add(0, rows, token_logps)
+        return sums, keep.sum(1)
 
     def stream(self, messages: list[Message], enc: EncodedClip, max_new_tokens: int = 128,
                temperature: float = 0.0, timings: dict[str, float] | None = None) -> Iterator[str]:

@@ -125,7 +125,9 @@ def test_loss_ignores_everything_but_labels(model):
     tokens = model.tokenize(messages, enc, add_generation_prompt=False)
     ids, labels = torch.tensor([tokens.input_ids]), torch.tensor([tokens.labels])
     out = model(ids, torch.ones_like(ids), [enc], labels=labels)
-    assert torch.isfinite(out.loss)
+    full = model.llm(inputs_embeds=model.embed(ids, [enc]), attention_mask=torch.ones_like(ids), labels=labels)
+    torch.testing.assert_close(out.loss, full.loss)  # logits only where labels are: the same loss
+    assert out.logits.shape[0] == int((labels[:, 1:] != -100).sum())
     out.loss.backward()
     assert model.visual_proj.mlp[0].weight.grad is not None and model.audio_proj.mlp[0].weight.grad is not None
     model.zero_grad(set_to_none=True)

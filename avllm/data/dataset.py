@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..model import AVLLM, EncodedClip
 from ..prompt import IGNORE_INDEX, VIDEO_TOKEN, ChatTokens
 from .cache import FeatureCache
-from .formats import InstructionRecord
+from .formats import InstructionRecord, PreferenceRecord
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +106,45 @@ class Collator:
             "labels": self.pad([b["labels"] for b in batch], IGNORE_INDEX),
             "media": [b["media"] for b in batch],
         }
+
+
+class PreferenceDataset(Dataset):
+    """Preference pairs: the prompt with the chosen and with the rejected answer, loss on the answer
+    alone. `reference` holds the starting policy's log-probabilities [N, 2], set before training."""
+
+    def __init__(self, records: Sequence[PreferenceRecord], cache: FeatureCache, model: AVLLM, max_length: int):
+        self.cache = cache
+        self.reference: torch.Tensor | None = None
+
+        def tokenize(record: PreferenceRecord, enc: EncodedClip) -> list[ChatTokens]:
+            start = len(model.tokenize(record.prompt, enc, add_generation_prompt=True).input_ids)
+            pair = []
+            for answer in (record.chosen, record.rejected):
+                tokens = model.tokenize([*record.prompt, {"role": "assistant", "content": answer}], enc, False)
+                pair.append(ChatTokens(tokens.input_ids, [IGNORE_INDEX] * start + tokens.labels[start:]))
+            return pair
+
+        self.examples = build_examples(records, cache, tokenize, max_length, "preference pairs")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record, (chosen, rejected) = self.examples[index]
+        item = {"chosen": chosen, "rejected": rejected, "media": self.cache.get(record.media), "index": index}
+        if self.reference is not None:
+            item["reference"] = self.reference[index]
+        return item
+
+
+@dataclass
+class PairCollator(Collator):
+    """One padded batch of 2B rows: the B chosen answers, then the B rejected ones."""
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        rows = [{"input_ids": b[side].input_ids, "labels": b[side].labels, "media": b["media"]}
+                for side in ("chosen", "rejected") for b in batch]
+        out = super().__call__(rows)
+        if all("reference" in b for b in batch):
+            out["reference"] = torch.stack([b["reference"] for b in batch])
+        return out

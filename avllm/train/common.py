@@ -69,7 +69,11 @@ class TrainableAVLLM(nn.Module):
         super().__init__()
         self.avllm = avllm
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list, labels: torch.Tensor | None = None) -> Any:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list,
+                labels: torch.Tensor | None = None, per_sequence: bool = False) -> Any:
+        """The loss (SFT), or with per_sequence each row's summed label log-probability and count (DPO)."""
+        if per_sequence:
+            return self.avllm.sequence_logps(input_ids, attention_mask, media, labels)
         return self.avllm(input_ids, attention_mask, media, labels=labels)
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **_: Any) -> None:
@@ -78,7 +82,25 @@ class TrainableAVLLM(nn.Module):
 
 
 class AVTrainer(Trainer):
-    """A Trainer whose checkpoints are avllm checkpoints (config, projectors, adapter)."""
+    """A Trainer whose checkpoints are avllm checkpoints (config, projectors, adapter), with
+    the projectors in their own optimizer group so they can learn at their own rate."""
+
+    def __init__(self, *args: Any, projector_lr: float | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.projector_lr = projector_lr
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            avllm = self.accelerator.unwrap_model(model or self.model).avllm
+            projectors = [p for proj in (avllm.visual_proj, avllm.audio_proj) for p in proj.parameters()]
+            known = {id(p) for p in projectors}
+            others = [p for p in avllm.parameters() if p.requires_grad and id(p) not in known]
+            decay = {"weight_decay": self.args.weight_decay}
+            groups = [{"params": projectors, "lr": self.projector_lr or self.args.learning_rate, **decay}]
+            groups += [{"params": others, **decay}] if others else []
+            optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, avllm)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if self.args.should_save:
@@ -116,8 +138,10 @@ def training_arguments(cfg: TrainConfig, **extra: Any) -> TrainingArguments:
         data_seed=cfg.seed,
         dataloader_num_workers=cfg.dataloader_workers,
         remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         label_names=["labels"],
         report_to=["tensorboard"],
+        disable_tqdm=False,  # the CLI quiets transformers, which would otherwise hide the bar
         **extra,
     )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..data import formats
-from ..data.dataset import Collator, InstructionDataset
+from ..data.dataset import Collator, InstructionDataset, pack_by_clip
 from .common import AVTrainer, TrainableAVLLM, build_model, feature_cache, finish, resume_point, training_arguments
 
 
@@ -16,12 +16,14 @@ def run_sft(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     start = time.perf_counter()
     args = training_arguments(cfg)
     records = formats.load(cfg.data, "instruction", allow_outside=cfg.allow_media_outside)
+    if cfg.pack_turns > 1:
+        records = pack_by_clip(records, cfg.pack_turns, cfg.seed)
     model = build_model(cfg)
     cache = feature_cache(model, cfg)
     with args.main_process_first(desc="feature cache"):
         dataset = InstructionDataset(records, cache, model, cfg.max_length)
     trainer = AVTrainer(model=TrainableAVLLM(model), args=args, train_dataset=dataset,
-                        data_collator=Collator(model.tokenizer.pad_token_id))
+                        data_collator=Collator(model.tokenizer.pad_token_id), projector_lr=cfg.projector_lr)
     result = trainer.train(resume_from_checkpoint=resume_point(cfg, resume))
     metrics = {**result.metrics, "examples": len(dataset), "records": len(records), "cache": cache.stats,
                "wall_seconds": time.perf_counter() - start}
