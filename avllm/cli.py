@@ -12,10 +12,11 @@ import sys
 import time
 from collections.abc import Callable
 
+from .config import default_model
 from .errors import AVLLMError, ConfigError
 
 PROCESS_START = time.perf_counter()
-DEFAULT_MODEL = "starter"
+DEFAULT_MODEL = default_model()  # weights/starter (trained) if present, else the starter preset
 
 
 def quiet_libraries() -> None:

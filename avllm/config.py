@@ -125,6 +125,12 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def default_model() -> str:
+    """The trained starter shipped in weights/starter when present, else the untrained preset."""
+    trained = REPO_ROOT / "weights" / "starter"
+    return str(trained) if (trained / "avllm_config.json").is_file() else "starter"
+
+
 def preset_path(name: str) -> Path:
     return CONFIG_DIR / "models" / f"{name}.yaml"
 

@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .media import load_clip
+from .config import MediaConfig
+from .media import Clip, load_clip
 from .model import AVLLM, EncodedClip
 from .prompt import Message, with_video
 
@@ -51,15 +52,24 @@ def model_warnings(model: AVLLM) -> list[str]:
     return warnings
 
 
-def encode_file(model: AVLLM, path: str | Path, frames: int | None = None) -> EncodedClip:
-    """Decode and encode a media file once; the result can serve many questions."""
-    media_cfg = model.config.media if frames is None else replace(model.config.media, num_frames=frames, max_frames=max(frames, model.config.media.max_frames))
+def with_frames(cfg: MediaConfig, frames: int | None) -> MediaConfig:
+    """The media settings with `frames` sampled uniformly (None keeps them)."""
+    return cfg if frames is None else replace(cfg, num_frames=frames, max_frames=max(frames, cfg.max_frames))
+
+
+def decode_and_encode(model: AVLLM, path: str | Path, cfg: MediaConfig) -> tuple[EncodedClip, Clip]:
+    """The clip's features (timed) and the decoded clip itself (for callers that show its frames)."""
     start = time.perf_counter()
-    clip = load_clip(path, media_cfg)
+    clip = load_clip(path, cfg)
     decode = time.perf_counter() - start
     enc = model.encode(clip)
     enc.timings["decode"] = decode
-    return enc
+    return enc, clip
+
+
+def encode_file(model: AVLLM, path: str | Path, frames: int | None = None) -> EncodedClip:
+    """Decode and encode a media file once; the result can serve many questions."""
+    return decode_and_encode(model, path, with_frames(model.config.media, frames))[0]
 
 
 def answer_stream(model: AVLLM, enc: EncodedClip, question: str, history: list[Message] | None = None,

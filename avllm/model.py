@@ -69,14 +69,14 @@ class AVLLM(nn.Module):
         self.tokenizer = llm.tokenizer
         self.llm_description = llm.description
         self.video_token_id = add_video_token(self.tokenizer)
-        hidden = self.llm.get_input_embeddings().embedding_dim
+        table = self.llm.get_input_embeddings().weight  # projectors live where the LLM's inputs do
+        hidden, scale = table.shape[1], float(table.detach().float().pow(2).mean().sqrt())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # an untrained model answers the same way every run
-            self.visual_proj = build_projector(
-                config.projector, visual_encoder.dim, hidden, config.visual_tokens_per_slot, visual_encoder.grid
-            )
-            self.audio_proj = build_projector(config.projector, audio_encoder.dim, hidden, config.audio_tokens_per_slot)
-        table = self.llm.get_input_embeddings().weight  # projectors live where the LLM's inputs do
+            self.visual_proj = build_projector(config.projector, visual_encoder.dim, hidden,
+                                               config.visual_tokens_per_slot, visual_encoder.grid, scale)
+            self.audio_proj = build_projector(config.projector, audio_encoder.dim, hidden,
+                                              config.audio_tokens_per_slot, out_scale=scale)
         self.visual_proj.to(table.device, table.dtype)
         self.audio_proj.to(table.device, table.dtype)
         self._marks: dict[str, list[int]] = {}

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from avllm.config import default_model
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP = ROOT.parent / "shared" / "clips" / "moviepy-big_buck_bunny_0_30.webm"
 KEYS = ["load", "decode", "encode_audio", "encode_visual", "prefill", "first_token", "generate", "total"]
@@ -31,7 +33,7 @@ def run_once(clip: Path, model: str, max_new_tokens: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
-    parser.add_argument("--model", default="starter")
+    parser.add_argument("--model", default=default_model())
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()

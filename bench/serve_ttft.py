@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from avllm.config import default_model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -42,7 +44,7 @@ def ask(client, model: str, messages: list[dict], max_tokens: int) -> tuple[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clip", default=str(DEFAULT_CLIP))
-    parser.add_argument("--model", default="starter")
+    parser.add_argument("--model", default=default_model())
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3, help="rounds; each round uses a fresh copy of the clip (a new upload)")
     args = parser.parse_args()

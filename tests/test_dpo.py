@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from avllm.config import ModelConfig, TrainConfig, from_dict

@@ -3,6 +3,10 @@
 Visual patch tokens are pooled on their 2-D grid, audio frames along time. A slot with
 nothing to show (no audio track, audio ended, no picture) gets a learned "absent"
 embedding, so the token count per slot never changes and the LLM is told plainly.
+
+The output is RMS-normalised with a learned gain that starts at the scale of the LLM's own
+token embeddings: unnormalised, the media tokens grew to ~50x the norm of text tokens in
+training and swamped the residual stream (visual answers stayed at chance).
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ def grid_shape(tokens: int) -> tuple[int, int]:
 
 
 class MLPPoolProjector(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None):
+    def __init__(self, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None, out_scale: float = 1.0):
         super().__init__()
         self.tokens = tokens
         self.grid = grid
         self.norm = nn.LayerNorm(in_dim)
         self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-        self.absent = nn.Parameter(torch.randn(tokens, out_dim) * 0.02)
+        self.out_norm = nn.RMSNorm(out_dim)
+        nn.init.constant_(self.out_norm.weight, out_scale)
+        self.absent = nn.Parameter(torch.randn(tokens, out_dim) * out_scale)
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """[S, N, D] -> [S, tokens, D]; on the patch grid when there is one."""
@@ -44,5 +50,5 @@ class MLPPoolProjector(nn.Module):
         if present:
             param = self.mlp[0].weight
             pooled = torch.cat([self.pool(slots[i].unsqueeze(0).to(param.device, param.dtype)) for i in present])
-            out[present] = self.mlp(self.norm(pooled)).to(out.dtype)
+            out[present] = self.out_norm(self.mlp(self.norm(pooled))).to(out.dtype)
         return out

@@ -11,10 +11,10 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import REPO_ROOT
+from ..config import REPO_ROOT, default_model
 from ..errors import ConfigError
 
 log = logging.getLogger("avllm.serve")
@@ -26,7 +26,7 @@ SHARED_CLIPS = REPO_ROOT.parent / "shared" / "clips"  # example clips for the UI
 class ServeSettings:
     host: str = "127.0.0.1"  # 0.0.0.0 exposes the server to the network: the API has no authentication
     port: int = 7860
-    model: str = "starter"  # preset name, YAML file or checkpoint folder
+    model: str = field(default_factory=default_model)  # preset name, YAML file or checkpoint folder
     concurrency: int = 2  # answers generated at once (UI and API together); others wait in a queue
     max_upload_mb: float = 200.0  # per clip, whichever way it arrives
     max_duration: float = 600.0  # seconds per clip

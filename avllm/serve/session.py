@@ -30,8 +30,8 @@ import numpy as np
 
 from ..config import MediaConfig
 from ..errors import AVLLMError, MediaError
-from ..inference import ChatReport, ChatSettings, answer_stream
-from ..media import load_clip, probe
+from ..inference import ChatReport, ChatSettings, answer_stream, decode_and_encode, with_frames
+from ..media import probe
 from ..model import AVLLM, EncodedClip
 from ..prompt import VIDEO_TOKEN, Message, with_video
 
@@ -154,8 +154,7 @@ class ChatService:
         if frames is not None:
             if not 1 <= frames <= MAX_FRAMES:
                 raise AVLLMError(f"frames={frames}: choose between 1 and {MAX_FRAMES}")
-            cfg = dataclasses.replace(cfg, num_frames=frames, max_frames=max(frames, cfg.max_frames))
-        return cfg
+        return with_frames(cfg, frames)
 
     def check_size(self, nbytes: int, name: str) -> None:
         limit = self.limits.max_upload_mb
@@ -194,21 +193,15 @@ class ChatService:
         return self.store.get((key, frames), build)
 
     def _encode(self, path: Path, key: str, name: str, frames: int | None) -> StoredClip:
-        """Decode (refusing files over the limits) and run the encoders, holding a generation slot.
-
-        This is encode_file's path, kept here so the frames can also become thumbnails.
-        """
+        """Decode (refusing files over the limits) and run the encoders, holding a generation slot;
+        the decoded frames also become the UI's thumbnails."""
         cfg = self.media_config(frames)
         try:
             probe(path, cfg)  # headers only: a clip over the limits is refused before decoding
             with self.gate:
-                start = time.perf_counter()
-                clip = load_clip(path, cfg)
-                decode = time.perf_counter() - start
-                enc = self.model.encode(clip)
+                enc, clip = decode_and_encode(self.model, path, cfg)
         except MediaError as exc:  # name the upload, not the server's temporary file
             raise type(exc)(str(exc).replace(str(path), name)) from None
-        enc.timings["decode"] = decode
         log.info("encoded %s (%s, %d frames) in %.2f s", name, key[:12], len(clip.frames), sum(enc.timings.values()))
         return StoredClip(key, name, enc, [_thumbnail(f) for f in clip.frames])
 

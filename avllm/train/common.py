@@ -111,7 +111,7 @@ class AVTrainer(Trainer):
         self.accelerator.unwrap_model(model or self.model).avllm.load_trainable(resume_from_checkpoint)
 
 
-def training_arguments(cfg: TrainConfig, **extra: Any) -> TrainingArguments:
+def training_arguments(cfg: TrainConfig) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
     if cfg.precision not in ("bf16", "fp16", "fp32"):
         raise ConfigError(f"precision {cfg.precision!r}: use bf16, fp16 or fp32")
@@ -142,7 +142,6 @@ def training_arguments(cfg: TrainConfig, **extra: Any) -> TrainingArguments:
         label_names=["labels"],
         report_to=["tensorboard"],
         disable_tqdm=False,  # the CLI quiets transformers, which would otherwise hide the bar
-        **extra,
     )
 
 

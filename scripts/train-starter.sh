@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Reproduce the shipped starter weights (weights/starter): synthetic data, feature cache,
+# align, instruct, DPO, then the held-out evaluations. Prints each stage's wall time.
+# Run from the repo root inside .venv (make starter-weights does both).
+set -euo pipefail
+export HF_HUB_OFFLINE=1
+TRAIN_CLIPS=${TRAIN_CLIPS:-600}
+TEST_CLIPS=${TEST_CLIPS:-150}
+start=$(date +%s)
+stage() {  # stage NAME COMMAND...: run it and print how long it took
+  local name=$1 t0; shift; t0=$(date +%s)
+  echo "== $name: $*"
+  "$@"
+  echo "== $name took $(( $(date +%s) - t0 )) s (training so far: $(( $(date +%s) - start )) s)"
+}
+rm -rf runs/synth runs/starter-align runs/starter-instruct runs/starter-dpo
+stage synth-train avllm synth --out runs/synth/train --n "$TRAIN_CLIPS" --seed 1
+stage features avllm features --data runs/synth/train/instructions.jsonl
+stage align avllm train sft --config configs/train/starter-align.yaml
+stage instruct avllm train sft --config configs/train/starter-instruct.yaml
+# DPO pairs: every hallucination pair (a false "Yes, a dog is barking" against a grounded "No, ...")
+# and a quarter of the pairs about content (a wrong colour, count or sound), which keep the
+# answers about what is there from drifting.
+python3 - <<'PY'
+import json
+lines = open("runs/synth/train/preferences.jsonl").read().splitlines()
+other = [l for l in lines if json.loads(l)["target"] != "hallucination"]
+keep = [l for l in lines if json.loads(l)["target"] == "hallucination"] + other[::4]
+open("runs/synth/train/dpo-pairs.jsonl", "w").write("\n".join(keep) + "\n")
+print(f"dpo-pairs.jsonl: {len(keep)} of {len(lines)} pairs")
+PY
+stage dpo avllm train dpo --config configs/train/starter-dpo.yaml
+echo "== all training stages: $(( $(date +%s) - start )) s"
+# Held-out test clips (another seed: no clip is shared with training), then the figures.
+stage synth-test avllm synth --out runs/synth/test --n "$TEST_CLIPS" --seed 2
+for model in starter runs/starter-instruct runs/starter-dpo; do
+  name=$(basename "$model")
+  stage "eval-$name" avllm eval --model "$model" \
+    --tasks "jsonl:runs/synth/test/qa.jsonl,jsonl:runs/synth/test/probes.jsonl" --out "runs/eval-$name.json"
+done
