@@ -145,7 +145,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .data.cache import FeatureCache, dataset_media
     from .model import AVLLM
 
-    media = dataset_media(args.data, allow_outside=args.allow_media_outside)
+    media = dataset_media(args.data, allow_outside=args.allow_outside_media)
     cache = FeatureCache(AVLLM.load(args.model), args.cache)
     stats = cache.build(media)
     print(f"{len(set(media))} clips: {stats['hits']} cached already, {stats['built']} built, "
@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--data", required=True, help="instruction, preference or QA JSONL")
     features.add_argument("--model", default=DEFAULT_MODEL)
     features.add_argument("--cache", default=None, help="cache folder (default ~/.cache/avllm/features)")
-    features.add_argument("--allow-media-outside", action="store_true", help="let media paths leave the dataset folder")
+    features.add_argument("--allow-outside-media", action="store_true", help="let media paths leave the dataset folder")
     features.set_defaults(func=cmd_features)
 
     convert = sub.add_parser("convert", help="build the cached offline weights of a preset")

@@ -163,7 +163,6 @@ class TrainConfig:
     data: str = ""  # instruction JSONL (sft) or preference JSONL (dpo)
     output_dir: str = "runs/starter"
     allow_media_outside: bool = False  # let media paths leave the dataset's folder
-    pack_turns: int = 1  # SFT: join up to this many single-question records of a clip into one conversation
     feature_cache: str | None = None  # folder of cached encoder outputs; None = cache_dir()/features
     lora: LoraConfig | None = None  # the adapter to add (instruct, dpo); None keeps the model's own
     quantization: str | None = None  # load the LLM in nf4/8bit for QLoRA (overrides the model's setting)

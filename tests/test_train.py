@@ -153,18 +153,3 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_preset, 
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
 
-
-def test_pack_by_clip_joins_a_clips_questions(dataset_dir):
-    from avllm.data.dataset import pack_by_clip
-
-    records = load(dataset_dir / "train.jsonl", "instruction")
-    doubled = records + [dataclasses.replace(r, id=r.id + "b") for r in records]  # two questions per clip
-    packed = pack_by_clip(doubled, max_turns=8, seed=0)
-    assert len(packed) == len(records)  # one conversation per clip
-    for conv in packed:
-        users = [m["content"] for m in conv.conversations if m["role"] == "user"]
-        assert len(users) == 2 and users[0].startswith("<video>") and "<video>" not in users[1]
-        answers = [m["content"] for m in conv.conversations if m["role"] == "assistant"]
-        assert len(set(answers)) == 1  # both questions are about the same clip, same answer
-    assert [r.id for r in pack_by_clip(doubled, 8, seed=0)] == [r.id for r in packed]  # deterministic
-    assert len(pack_by_clip(doubled, max_turns=1, seed=0)) == len(doubled)

@@ -8,7 +8,6 @@ features from the cache.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..model import AVLLM, EncodedClip
-from ..prompt import IGNORE_INDEX, VIDEO_TOKEN, ChatTokens
+from ..prompt import IGNORE_INDEX, ChatTokens
 from .cache import FeatureCache
 from .formats import InstructionRecord, PreferenceRecord
 
@@ -38,36 +37,6 @@ def build_examples(records: Sequence[Any], cache: FeatureCache, tokenize: Callab
     if dropped:
         log.warning("dropped %d of %d %s longer than max_length=%d tokens (first: %s)",
                     len(dropped), len(records), what, max_length, ", ".join(dropped[:5]))
-    return kept
-
-
-def pack_by_clip(records: Sequence[InstructionRecord], max_turns: int, seed: int) -> list[InstructionRecord]:
-    """Join the single-question records of each clip into multi-turn conversations of up to
-    `max_turns` questions, in a seeded random order.
-
-    The clip's tokens then pass through the LLM once for several supervised answers instead
-    of once per answer (about 3x less compute on short answers). The first turn of each
-    packed conversation is exactly a single-question prompt; later turns drop the <video>.
-    Records with several turns already, or a system turn, are kept as they are.
-    """
-    rng = random.Random(seed)
-    by_clip: dict[str, list[InstructionRecord]] = {}
-    kept: list[InstructionRecord] = []
-    for record in records:
-        if [m["role"] for m in record.conversations] == ["user", "assistant"]:
-            by_clip.setdefault(str(record.media), []).append(record)
-        else:
-            kept.append(record)
-    for group in by_clip.values():
-        rng.shuffle(group)
-        for start in range(0, len(group), max_turns):
-            part = group[start : start + max_turns]
-            turns = list(part[0].conversations)
-            for record in part[1:]:
-                question, answer = record.conversations
-                turns += [{"role": "user", "content": question["content"].replace(VIDEO_TOKEN, "").strip()}, answer]
-            kept.append(InstructionRecord("+".join(r.id for r in part), part[0].media, turns, part[0].line))
-    rng.shuffle(kept)
     return kept
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..data import formats
-from ..data.dataset import Collator, InstructionDataset, pack_by_clip
+from ..data.dataset import Collator, InstructionDataset
 from .common import AVTrainer, TrainableAVLLM, build_model, feature_cache, finish, resume_point, training_arguments
 
 
@@ -16,8 +16,6 @@ def run_sft(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     start = time.perf_counter()
     args = training_arguments(cfg)
     records = formats.load(cfg.data, "instruction", allow_outside=cfg.allow_media_outside)
-    if cfg.pack_turns > 1:
-        records = pack_by_clip(records, cfg.pack_turns, cfg.seed)
     model = build_model(cfg)
     cache = feature_cache(model, cfg)
     with args.main_process_first(desc="feature cache"):
