@@ -26,6 +26,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "Failed to load CPU gemm_4bit_forward": harmless
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
 
