@@ -70,7 +70,8 @@ class AVLLM(nn.Module):
         self.llm_description = llm.description
         self.video_token_id = add_video_token(self.tokenizer)
         table = self.llm.get_input_embeddings().weight  # projectors live where the LLM's inputs do
-        hidden, scale = table.shape[1], float(table.detach().float().pow(2).mean().sqrt())
+        rows = table.detach()[:: max(1, len(table) // 4096)]  # a sample: a 7B model's table is 2 GB in float32
+        hidden, scale = table.shape[1], float(rows.float().pow(2).mean().sqrt())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # an untrained model answers the same way every run
             self.visual_proj = build_projector(config.projector, visual_encoder.dim, hidden,
