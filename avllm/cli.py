@@ -43,7 +43,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     load = time.perf_counter() - start
     report = ChatReport()
     enc = encode_file(model, args.media, args.frames)
-    settings = ChatSettings(frames=args.frames, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    settings = ChatSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     if not args.json:
         for line in report_header(model, enc):
             print(line, file=sys.stderr)

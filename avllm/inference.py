@@ -18,7 +18,6 @@ from .prompt import Message, with_video
 
 @dataclass
 class ChatSettings:
-    frames: int | None = None  # frames to sample; None keeps the model's media setting
     max_new_tokens: int = 128
     temperature: float = 0.0  # 0 = greedy
 

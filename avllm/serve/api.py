@@ -303,7 +303,7 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
             raise ApiError(404, f"model {req.model!r} is not served here; this server serves {service.model_id!r} "
                                 "(GET /v1/models)", param="model", code="model_not_found")
         media, history, question = split_messages(req.messages)
-        settings = ChatSettings(frames=req.frames, max_new_tokens=req.max_completion_tokens or req.max_tokens or min(DEFAULT_MAX_TOKENS, service.limits.max_new_tokens),
+        settings = ChatSettings(max_new_tokens=req.max_completion_tokens or req.max_tokens or min(DEFAULT_MAX_TOKENS, service.limits.max_new_tokens),
                                 temperature=req.temperature if req.temperature is not None else 0.0)
         service.check_settings(settings)
         clip, reused = await anyio.to_thread.run_sync(loader, media, req.frames)

@@ -231,8 +231,6 @@ class ChatService:
             raise AVLLMError(f"max tokens {settings.max_new_tokens}: choose between 1 and {self.limits.max_new_tokens}")
         if settings.temperature < 0:
             raise AVLLMError(f"temperature {settings.temperature}: must be 0 (greedy) or more")
-        if settings.frames is not None and not 1 <= settings.frames <= MAX_FRAMES:
-            raise AVLLMError(f"frames={settings.frames}: choose between 1 and {MAX_FRAMES}")
 
     def prompt_tokens(self, clip: StoredClip, history: list[Message], question: str) -> int:
         """How many tokens the LLM reads for this question (media placeholders included)."""

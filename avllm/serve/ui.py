@@ -128,7 +128,7 @@ def build_ui(service: ChatService, examples_dir: str | Path | None = None, concu
         yield chat, "", gr.skip(), gr.skip(), turns
         try:
             clip, reused = service.clip_from_path(path, int(frames), name=Path(path).name)
-            settings = ChatSettings(frames=int(frames), max_new_tokens=int(max_tokens), temperature=float(temperature))
+            settings = ChatSettings(max_new_tokens=int(max_tokens), temperature=float(temperature))
             report = ChatReport()
             for piece in service.stream(clip, message, turns, settings, report, reused):
                 if not piece:
