@@ -94,8 +94,18 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
         sub = _dataclass_type(known[name].type)
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, f"{where}.{name}")
+        elif "float" in str(known[name].type).split(" | ") and isinstance(value, str):
+            value = _number(value, f"{where}.{name}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _number(text: str, where: str) -> float:
+    """YAML reads `2e-3` (no dot) as text; take it as the number it means."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is not a number") from None
 
 
 def _dataclass_type(annotation: Any) -> type | None:

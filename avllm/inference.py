@@ -36,6 +36,7 @@ class ChatReport:
     model: str = ""
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)  # `generated`: tokens the answer took
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -93,7 +94,7 @@ def answer_stream(model: AVLLM, enc: EncodedClip, question: str, history: list[M
     report.timings.update(enc.timings)
     start = time.perf_counter()
     pieces = []
-    for piece in model.stream(messages, enc, settings.max_new_tokens, settings.temperature, report.timings):
+    for piece in model.stream(messages, enc, settings.max_new_tokens, settings.temperature, report.timings, report.tokens):
         if not pieces:
             report.timings["first_token"] = time.perf_counter() - start + sum(enc.timings.values())
         pieces.append(piece)

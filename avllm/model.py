@@ -10,6 +10,7 @@ those positions and refuses any count mismatch.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ CONFIG_FILE = "avllm_config.json"
 PROJECTOR_FILE = "projectors.safetensors"
 ADAPTER_DIR = "adapter"
 CHECKPOINT_FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -170,8 +172,8 @@ class AVLLM(nn.Module):
             return np.asarray(enc.frame_times, dtype=np.float64)
         return sample_times(enc.duration, self.config.media)[0]
 
-    def media_embeds(self, enc: EncodedClip) -> torch.Tensor:
-        """[slots * (visual + audio tokens), hidden], slot by slot in time order."""
+    def slot_features(self, enc: EncodedClip) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """Per time slot: the frame's patch tokens and the audio frames of its time span (None: absent)."""
         times = self.slot_times(enc)
         edges = slot_edges(times, enc.duration)
         rate = self.audio_encoder.frame_rate
@@ -181,8 +183,20 @@ class AVLLM(nn.Module):
             piece = enc.audio[lo:hi] if enc.audio is not None else None
             audio_slots.append(piece if piece is not None and len(piece) else None)
         visual_slots = list(enc.visual) if enc.visual is not None else [None] * len(times)
+        return visual_slots, audio_slots
+
+    def media_embeds(self, enc: EncodedClip) -> torch.Tensor:
+        """[slots * (visual + audio tokens), hidden], slot by slot in time order."""
+        visual_slots, audio_slots = self.slot_features(enc)
         both = torch.cat([self.visual_proj(visual_slots), self.audio_proj(audio_slots)], dim=1)
         return both.reshape(-1, both.shape[-1])
+
+    def fit_projector_inputs(self, clips: list[EncodedClip]) -> None:
+        """Fit both projectors' input standardisation on these clips' features (fresh projectors only)."""
+        slots = [self.slot_features(enc) for enc in clips]
+        for name, proj, side in (("visual", self.visual_proj, 0), ("audio", self.audio_proj, 1)):
+            if not proj.fit_input_stats([x for pair in slots for x in pair[side]]):
+                log.warning("no %s features among %d clips: the %s projector's inputs stay unstandardised", name, len(clips), name)
 
     def layout(self, enc: EncodedClip) -> list[int]:
         """What replaces <video>: per slot an optional time mark, then one placeholder per media token."""
@@ -246,11 +260,13 @@ class AVLLM(nn.Module):
         return sums, keep.sum(1)
 
     def stream(self, messages: list[Message], enc: EncodedClip, max_new_tokens: int = 128,
-               temperature: float = 0.0, timings: dict[str, float] | None = None) -> Iterator[str]:
+               temperature: float = 0.0, timings: dict[str, float] | None = None,
+               counts: dict[str, int] | None = None) -> Iterator[str]:
         """Generate an answer to the conversation, yielding text pieces as they are decoded.
 
-        `timings` receives `prefill` (the LLM's first forward pass over the prompt). Closing
-        the iterator early (a client that went away) stops generation at the next token.
+        `timings` receives `prefill` (the LLM's first forward pass over the prompt), `counts`
+        `generated` (tokens generated, end-of-turn included: what an API bills). Closing the
+        iterator early (a client that went away) stops generation at the next token.
         """
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
@@ -261,6 +277,8 @@ class AVLLM(nn.Module):
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         timings = timings if timings is not None else {}
+        counts = counts if counts is not None else {}
+        counts["generated"] = 0
         stop = threading.Event()
         failure: list[BaseException] = []
         started = time.perf_counter()
@@ -270,6 +288,7 @@ class AVLLM(nn.Module):
                 timings.setdefault("prefill", time.perf_counter() - started)
 
         def stopped(input_ids: torch.Tensor, *_: Any, **__: Any) -> torch.Tensor:
+            counts["generated"] += 1  # called once per generated token
             return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
         def run() -> None:

@@ -48,8 +48,14 @@ def check_messages(messages: list[Message]) -> None:
 
 
 def with_video(question: str) -> str:
-    """The first user turn: the placeholder, then the question (unless the user placed it)."""
-    return question if VIDEO_TOKEN in question else f"{VIDEO_TOKEN}\n{question}"
+    """The first user turn: the question, then the placeholder (unless the user placed it).
+
+    The clip goes last, next to where the answer starts: a small frozen LLM barely reads media
+    that sit before the question. Measured on SmolLM2-135M with the answer word's own embedding
+    in every media slot: 95% of colour questions answered right with the clip after the
+    question, 31% (chance) with it before.
+    """
+    return question if VIDEO_TOKEN in question else f"{question}\n{VIDEO_TOKEN}"
 
 
 def render(tokenizer: Any, messages: list[Message], add_generation_prompt: bool) -> str:

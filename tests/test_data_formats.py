@@ -117,7 +117,7 @@ def test_qa_prompt_lists_options_and_leaves_yes_no_bare():
     assert formats.qa_prompt("Colour?", ["red", "blue"]) == "Colour?\nOptions: red; blue."
     assert formats.qa_prompt("Is it red?", ["yes", "no"]) == "Is it red?"
     assert formats.qa_prompt("Open?", None) == "Open?"
-    assert formats.qa_messages("Colour?", None) == [{"role": "user", "content": "<video>\nColour?"}]
+    assert formats.qa_messages("Colour?", None) == [{"role": "user", "content": "Colour?\n<video>"}]
     history = turns(("user", "<video>\nHi"), ("assistant", "Hello"))
     assert formats.qa_messages("More?", None, history)[-1] == {"role": "user", "content": "More?"}
 

@@ -109,14 +109,15 @@ def test_placeholder_count_mismatch_is_refused(model):
 def test_stream_equals_greedy_generate(model):
     enc = encoded(model)
     messages = [{"role": "user", "content": with_video("what?")}]
-    timings = {}
-    pieces = list(model.stream(messages, enc, max_new_tokens=12, timings=timings))
+    timings, counts = {}, {}
+    pieces = list(model.stream(messages, enc, max_new_tokens=12, timings=timings, counts=counts))
     ids = torch.tensor([model.tokenize(messages, enc, True).input_ids])
     with torch.inference_mode():
         out = model.llm.generate(inputs_embeds=model.embed(ids, [enc]), attention_mask=torch.ones_like(ids),
                                  max_new_tokens=12, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
     assert "".join(pieces) == model.tokenizer.decode(out[0], skip_special_tokens=True)
     assert len(pieces) > 1 and timings["prefill"] > 0
+    assert counts["generated"] == out.shape[1]  # exact, not a re-tokenisation of the text
 
 
 def test_loss_ignores_everything_but_labels(model):
@@ -141,6 +142,7 @@ def test_save_and_load_round_trip_with_lora(parts, tmp_path):
         for name, p in model.named_parameters():
             if "lora_B" in name or "_proj.absent" in name:
                 p.add_(0.1)
+    model.fit_projector_inputs([encoded(model)])  # fitted statistics travel with the weights
     model.save_pretrained(tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["adapter", "avllm_config.json", "projectors.safetensors"]
     assert (tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors").is_file()
@@ -174,3 +176,19 @@ def test_closing_the_stream_stops_generation(model, monkeypatch):
     start = time.perf_counter()
     stream.close()
     assert time.perf_counter() - start < 2
+
+
+def test_fitted_projector_inputs_are_standardised():
+    from avllm.projector.mlp_pool import MLPPoolProjector
+
+    proj = MLPPoolProjector(in_dim=6, out_dim=8, tokens=2)
+    gen = torch.Generator().manual_seed(0)
+    slots = [torch.randn(10, 6, generator=gen) * torch.arange(1, 7) + 5 for _ in range(20)] + [None]
+    assert proj.fit_input_stats(slots)
+    pooled = torch.cat([proj.pool(x.unsqueeze(0)) for x in slots if x is not None]).flatten(0, 1)
+    standard = (pooled - proj.feature_mean) / proj.feature_std
+    torch.testing.assert_close(standard.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(standard.std(0), torch.ones(6), atol=1e-5, rtol=0)
+    before = proj.feature_mean.clone()
+    assert not proj.fit_input_stats([None, None])  # nothing of this kind: left as it was
+    assert torch.equal(proj.feature_mean, before)

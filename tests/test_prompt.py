@@ -75,3 +75,8 @@ def test_expand_refuses_a_count_mismatch(tokenizer):
     tokens = encode_chat(tokenizer, conversation())
     with pytest.raises(SpliceError, match="1 <video> placeholder"):
         expand_placeholders(tokens, vid, [[vid], [vid]])
+
+
+def test_the_clip_goes_after_the_question_unless_the_user_placed_it():
+    assert with_video("What colour?\nOptions: red; blue.") == f"What colour?\nOptions: red; blue.\n{VIDEO_TOKEN}"
+    assert with_video(f"{VIDEO_TOKEN} first, then: what?") == f"{VIDEO_TOKEN} first, then: what?"

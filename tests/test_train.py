@@ -15,6 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from avllm.config import TrainConfig, from_dict, load_model_config
+from avllm.errors import ConfigError
 from avllm.data.cache import FeatureCache
 from avllm.data.dataset import Collator, InstructionDataset
 from avllm.data.formats import load
@@ -115,6 +116,9 @@ def test_loss_falls_and_checkpoint_loads(tmp_path, tiny_preset, dataset_dir):
     assert metrics["examples"] == 4
     loaded = AVLLM.from_pretrained(out, device="cpu")
     assert loaded.config.lora is not None and (out / "adapter" / "adapter_model.safetensors").is_file()
+    fresh = AVLLM.from_config(loaded.config, device="cpu")  # the run fitted input statistics on its clips
+    assert not torch.equal(loaded.visual_proj.feature_mean, fresh.visual_proj.feature_mean)
+    assert not torch.equal(loaded.audio_proj.feature_std, fresh.audio_proj.feature_std)
 
 
 def test_align_trains_projectors_only(tmp_path, tiny_preset, dataset_dir):
@@ -153,3 +157,10 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_preset, 
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
 
+
+
+def test_recipe_numbers_written_without_a_dot_are_numbers():
+    cfg = from_dict(TrainConfig, yaml.safe_load("learning_rate: 2e-3\nprojector_lr: 1e-3"))  # YAML reads these as text
+    assert cfg.learning_rate == 0.002 and cfg.projector_lr == 0.001
+    with pytest.raises(ConfigError, match="learning_rate: 'fast' is not a number"):
+        from_dict(TrainConfig, {"learning_rate": "fast"})

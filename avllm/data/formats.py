@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ..prompt import VIDEO_TOKEN, Message
+from ..prompt import VIDEO_TOKEN, Message, with_video
 
 FORMATS = ("instruction", "preference", "qa")
 ROLES = ("system", "user", "assistant")
@@ -107,7 +107,7 @@ def qa_messages(question: str, choices: list[str] | None, history: list[Message]
     text = qa_prompt(question, choices)
     if history:
         return [*history, {"role": "user", "content": text}]
-    return [{"role": "user", "content": text if VIDEO_TOKEN in text else f"{VIDEO_TOKEN}\n{text}"}]
+    return [{"role": "user", "content": with_video(text)}]
 
 
 # ----------------------------------------------------------------------------- reading and writing

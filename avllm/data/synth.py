@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from ..prompt import VIDEO_TOKEN
+from ..prompt import with_video
 from .formats import qa_prompt, write_jsonl
 from .synth_media import COLOURS, MOTIONS, SECONDS, SHAPES, SLOTS, SPEEDS, TONE_SLOTS, TONES, VOICES, WORD_SLOTS, render_clip
 from .synth_text import Question, describe, mc_questions, pick_probes, probe_candidates
@@ -122,7 +122,7 @@ def sample_facts(seed: int, index: int, heldout_frac: float = 0.1) -> dict[str, 
 
 
 def _user(question: str) -> dict[str, str]:
-    return {"role": "user", "content": f"{VIDEO_TOKEN}\n{question}"}
+    return {"role": "user", "content": with_video(question)}
 
 
 def _qa(f: dict[str, Any], q: Question, n: int, prefix: str = "q") -> dict[str, Any]:

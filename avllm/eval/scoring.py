@@ -2,7 +2,7 @@
 open questions by normalised exact match.
 
 Prompt (shared with `avllm synth`'s instruction data, see data/formats.qa_prompt): the user's
-turn is `<video>`, the question and, for multiple choice, "Options: a; b; c; d."; each
+turn is the question, for multiple choice "Options: a; b; c; d.", then `<video>`; each
 option is scored as the assistant's whole answer (its tokens and the end-of-turn tokens),
 by the mean log-probability per token, so long and short options compete fairly. Yes/no
 questions are asked bare and scored by the first word alone ("Yes" against "No"), since a
@@ -356,7 +356,9 @@ class AVLLMScorer:
         embeds = self.model.embed(ids, [enc] * len(batch))
         logits = self.model.llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position j predicts token j + 1
-        targets = ids[:, width - keep + 1 :]
+        lengths = torch.tensor([n for _, n in batch], device=device)
+        scored = torch.arange(keep - 1, device=device).unsqueeze(0) >= keep - 1 - lengths.unsqueeze(1)
+        targets = ids[:, width - keep + 1 :].masked_fill(~scored, 0)  # unscored slots may hold media placeholders
         picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, keep - 1]
         return [float(picked[row, picked.shape[1] - n :].mean()) for row, (_, n) in enumerate(batch)]
 

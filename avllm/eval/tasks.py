@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from ..data.formats import QARecord, load
 from ..errors import DataError
-from ..prompt import Message
+from ..prompt import Message, with_video
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 # MUSIC-AVQA answers are single words from a fixed set; asking for one (the LLaVA / lmms-eval
@@ -200,7 +200,7 @@ class AVSDTask(Task):
             for t in turns[:-1]:
                 history += [{"role": "user", "content": str(t["question"])}, {"role": "assistant", "content": str(t["answer"])}]
             if history:
-                history[0]["content"] = "<video>\n" + history[0]["content"]
+                history[0]["content"] = with_video(history[0]["content"])
             media = self.find_media(str(rec["image_id"]))
             if media is None:
                 missing.append(str(rec["image_id"]))

@@ -1,8 +1,16 @@
-"""Average-pool a slot's features to a fixed token budget, then a two-layer MLP (LLaVA-1.5 style).
+"""Average-pool a slot's features to a fixed token budget, standardise, then a two-layer MLP
+(LLaVA-1.5 style).
 
 Visual patch tokens are pooled on their 2-D grid, audio frames along time. A slot with
 nothing to show (no audio track, audio ended, no picture) gets a learned "absent"
 embedding, so the token count per slot never changes and the LLM is told plainly.
+
+The pooled features are standardised per dimension with statistics fitted once on the
+training data (`fit_input_stats`, saved with the weights). Encoder features share a large
+common component across clips (pooled CLIP features of synthetic clips: mean cosine 0.98
+between clips), which a per-token LayerNorm keeps. Trained on colour questions alone (batch 16,
+LLM frozen), the starter answered 100% of held-out ones after 40 steps with standardised
+inputs, 17% (chance) with the LayerNorm, which needed about 100 steps.
 
 The output is RMS-normalised with a learned gain that starts at the scale of the LLM's own
 token embeddings: unnormalised, the media tokens grew to ~50x the norm of text tokens in
@@ -29,7 +37,8 @@ class MLPPoolProjector(nn.Module):
         super().__init__()
         self.tokens = tokens
         self.grid = grid
-        self.norm = nn.LayerNorm(in_dim)
+        self.register_buffer("feature_mean", torch.zeros(in_dim))  # identity until fit_input_stats
+        self.register_buffer("feature_std", torch.ones(in_dim))
         self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
         self.out_norm = nn.RMSNorm(out_dim)
         nn.init.constant_(self.out_norm.weight, out_scale)
@@ -43,6 +52,18 @@ class MLPPoolProjector(nn.Module):
             return F.adaptive_avg_pool2d(x, grid_shape(self.tokens)).flatten(2).transpose(1, 2)
         return F.adaptive_avg_pool1d(features.transpose(1, 2), self.tokens).transpose(1, 2)
 
+    @torch.no_grad()
+    def fit_input_stats(self, slots: list[torch.Tensor | None]) -> bool:
+        """Set the standardisation from a sample of slots (before training; absent slots skipped).
+        False, leaving it as it was, when the sample has no features of this kind."""
+        present = [self.pool(x.unsqueeze(0).float()) for x in slots if x is not None]
+        pooled = torch.cat(present).flatten(0, 1) if present else torch.zeros(0)
+        if len(pooled) < 2:
+            return False
+        self.feature_mean.copy_(pooled.mean(0))
+        self.feature_std.copy_(pooled.std(0).clamp_min(1e-4))
+        return True
+
     def forward(self, slots: list[torch.Tensor | None]) -> torch.Tensor:
         """One entry per time slot: features [N, in_dim] or None when absent -> [S, tokens, out_dim]."""
         present = [i for i, x in enumerate(slots) if x is not None]
@@ -50,5 +71,6 @@ class MLPPoolProjector(nn.Module):
         if present:
             param = self.mlp[0].weight
             pooled = torch.cat([self.pool(slots[i].unsqueeze(0).to(param.device, param.dtype)) for i in present])
-            out[present] = self.out_norm(self.mlp(self.norm(pooled))).to(out.dtype)
+            standard = (pooled - self.feature_mean) / self.feature_std
+            out[present] = self.out_norm(self.mlp(standard)).to(out.dtype)
         return out

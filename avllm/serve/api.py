@@ -318,7 +318,7 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
             await anyio.to_thread.run_sync(lambda: [None for _ in pieces])
         finally:
             pieces.close()
-        completion = service.count_tokens(report.answer)
+        completion = report.tokens.get("generated", 0)
         return {
             **meta, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": report.answer},
@@ -342,7 +342,7 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
                     continue
                 text.append(piece)
                 yield chunk({"content": piece})
-            completion = service.count_tokens("".join(text))
+            completion = report.tokens.get("generated", 0)
             yield chunk({}, finish_reason(completion, settings), usage=usage(prompt_tokens, completion),
                         avllm=report_dict(report, reused))
         except Exception as exc:  # after the headers went out, an error can only be an event

@@ -237,9 +237,6 @@ class ChatService:
         turns, question = conversation(history, question)
         return len(self.model.tokenize(turns + [{"role": "user", "content": question}], clip.enc, True).input_ids)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer.encode(text, add_special_tokens=False)) if text else 0
-
 
 def report_dict(report: ChatReport, reused: bool) -> dict:
     """The facts of an answer for the API's `avllm` field and the UI's panel."""

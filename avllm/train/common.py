@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..model import CONFIG_FILE, AVLLM, default_device
 
 log = logging.getLogger(__name__)
+STATS_CLIPS = 256  # clips sampled to fit fresh projectors' input standardisation
 
 
 def build_model(cfg: TrainConfig) -> AVLLM:
@@ -56,6 +57,14 @@ def build_model(cfg: TrainConfig) -> AVLLM:
     for proj in (model.visual_proj, model.audio_proj):
         proj.float().requires_grad_(True)  # trained in float32; autocast computes in bf16/fp16
     return model
+
+
+def fit_fresh_projectors(model: AVLLM, cfg: TrainConfig, cache: FeatureCache, media: list[Path]) -> None:
+    """Projectors that start from scratch first fit their input standardisation on a sample of the
+    stage's clips; a checkpoint carries its own (and resuming restores it)."""
+    if not (Path(cfg.model) / CONFIG_FILE).is_file():
+        sample = list(dict.fromkeys(media))[:STATS_CLIPS]
+        model.fit_projector_inputs([cache.get(m) for m in sample])
 
 
 def feature_cache(model: AVLLM, cfg: TrainConfig) -> FeatureCache:

@@ -28,7 +28,8 @@ from ..data import formats
 from ..data.dataset import PairCollator, PreferenceDataset
 from ..errors import ConfigError
 from ..model import AVLLM
-from .common import AVTrainer, TrainableAVLLM, build_model, feature_cache, finish, resume_point, training_arguments
+from .common import (AVTrainer, TrainableAVLLM, build_model, feature_cache, finish, fit_fresh_projectors, resume_point,
+                     training_arguments)
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -106,6 +107,7 @@ def run_dpo(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     collator = PairCollator(model.tokenizer.pad_token_id)
     with args.main_process_first(desc="feature cache"):
         dataset = PreferenceDataset(records, cache, model, cfg.max_length)
+    fit_fresh_projectors(model, cfg, cache, [record.media for record, _ in dataset.examples])
     saved = Path(cfg.output_dir) / REFERENCE_FILE
     if saved.is_file() and len(load_file(saved)["logps"]) == len(dataset):
         dataset.reference = load_file(saved)["logps"]
