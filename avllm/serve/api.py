@@ -334,13 +334,11 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
             return f"data: {json.dumps(body)}\n\n"
 
-        text = []
         try:
             yield chunk({"role": "assistant", "content": ""})
             async for piece in iterate_in_threadpool(pieces):
                 if not piece:  # the detokenizer holds back partial words as empty pieces
                     continue
-                text.append(piece)
                 yield chunk({"content": piece})
             completion = report.tokens.get("generated", 0)
             yield chunk({}, finish_reason(completion, settings), usage=usage(prompt_tokens, completion),
