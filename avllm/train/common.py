@@ -40,7 +40,6 @@ def build_model(cfg: TrainConfig) -> AVLLM:
     config = load_model_config(cfg.model)
     if cfg.quantization is not None:
         config = dataclasses.replace(config, quantization=cfg.quantization)
-    is_checkpoint = (Path(cfg.model) / CONFIG_FILE).is_file()
     if cfg.stage != "align" and config.lora is None:
         config = dataclasses.replace(config, lora=cfg.lora or LoraConfig())
     model = AVLLM.from_config(config, default_device())
@@ -52,17 +51,22 @@ def build_model(cfg: TrainConfig) -> AVLLM:
 
             model.llm = prepare_model_for_kbit_training(model.llm, use_gradient_checkpointing=cfg.gradient_checkpointing)
         model.add_lora()
-    if is_checkpoint:
+    if starts_from_checkpoint(cfg):
         model.load_trainable(cfg.model)
     for proj in (model.visual_proj, model.audio_proj):
         proj.float().requires_grad_(True)  # trained in float32; autocast computes in bf16/fp16
     return model
 
 
+def starts_from_checkpoint(cfg: TrainConfig) -> bool:
+    """Whether the stage continues an avllm checkpoint (else it starts from a preset's fresh projectors)."""
+    return (Path(cfg.model) / CONFIG_FILE).is_file()
+
+
 def fit_fresh_projectors(model: AVLLM, cfg: TrainConfig, cache: FeatureCache, media: list[Path]) -> None:
     """Projectors that start from scratch first fit their input standardisation on a sample of the
     stage's clips; a checkpoint carries its own (and resuming restores it)."""
-    if not (Path(cfg.model) / CONFIG_FILE).is_file():
+    if not starts_from_checkpoint(cfg):
         sample = list(dict.fromkeys(media))[:STATS_CLIPS]
         model.fit_projector_inputs([cache.get(m) for m in sample])
 
