@@ -30,11 +30,7 @@ STATS_CLIPS = 256  # clips sampled to fit fresh projectors' input standardisatio
 
 
 def build_model(cfg: TrainConfig) -> AVLLM:
-    """The model a stage starts from, with exactly the parameters that stage trains set trainable.
-
-    align: projectors only. instruct and dpo: projectors and a LoRA adapter (QLoRA when the
-    LLM is loaded in 4-bit). The encoders and the LLM's own weights stay frozen.
-    """
+    """The model a stage starts from: the preset or checkpoint named by cfg.model, prepared for the stage."""
     if cfg.stage not in ("align", "instruct", "dpo"):
         raise ConfigError(f"stage {cfg.stage!r}: use align, instruct or dpo")
     config = load_model_config(cfg.model)
@@ -42,17 +38,26 @@ def build_model(cfg: TrainConfig) -> AVLLM:
         config = dataclasses.replace(config, quantization=cfg.quantization)
     if cfg.stage != "align" and config.lora is None:
         config = dataclasses.replace(config, lora=cfg.lora or LoraConfig())
-    model = AVLLM.from_config(config, default_device())
+    model = prepare_for_stage(AVLLM.from_config(config, default_device()), cfg)
+    if starts_from_checkpoint(cfg):
+        model.load_trainable(cfg.model)
+    return model
+
+
+def prepare_for_stage(model: AVLLM, cfg: TrainConfig) -> AVLLM:
+    """Set exactly the parameters the stage trains trainable.
+
+    align: projectors only. instruct and dpo: projectors and a fresh LoRA adapter (QLoRA when
+    the LLM is loaded in 4-bit). The encoders and the LLM's own weights stay frozen.
+    """
     for param in model.llm.parameters():
         param.requires_grad_(False)
-    if config.lora is not None:
-        if config.quantization:
+    if model.config.lora is not None:
+        if model.config.quantization:
             from peft import prepare_model_for_kbit_training
 
             model.llm = prepare_model_for_kbit_training(model.llm, use_gradient_checkpointing=cfg.gradient_checkpointing)
         model.add_lora()
-    if starts_from_checkpoint(cfg):
-        model.load_trainable(cfg.model)
     for proj in (model.visual_proj, model.audio_proj):
         proj.float().requires_grad_(True)  # trained in float32; autocast computes in bf16/fp16
     return model
