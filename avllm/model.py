@@ -231,14 +231,21 @@ class AVLLM(nn.Module):
         return embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), media_embeds.to(embeds.dtype))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip], labels: torch.Tensor | None = None) -> Any:
-        """Without labels, the LLM's output. With labels, the mean next-token loss over the labelled
-        positions, computing logits only there: the vocabulary projection is about a fifth of a
-        small LLM's work, and most positions (the media, the question) carry no label.
+        """Without labels, the LLM's output. With labels, the next-token loss averaged within each
+        conversation, then over the conversations, so that every conversation weighs the same: with
+        a plain token mean, a 10-token description outweighs a one-word answer ten times, and the
+        short-answer question families learnt last. Logits are computed only at labelled positions:
+        the vocabulary projection is about a fifth of a small LLM's work, and most positions (the
+        media, the question) carry no label.
         """
         if labels is None:
             return self.llm(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask)
-        logits, targets, _ = self.label_logits(input_ids, attention_mask, media, labels)
-        return CausalLMOutputWithPast(loss=F.cross_entropy(logits, targets), logits=logits)
+        logits, targets, keep = self.label_logits(input_ids, attention_mask, media, labels)
+        token_loss = F.cross_entropy(logits, targets, reduction="none")
+        sums = token_loss.new_zeros(len(labels)).index_add(0, keep.nonzero()[:, 0], token_loss)
+        counts = keep.sum(1)
+        loss = (sums[counts > 0] / counts[counts > 0]).mean()
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     def label_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip],
                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,6 +16,15 @@ stage() {  # stage NAME COMMAND...: run it and print how long it took
 rm -rf runs/synth runs/starter-align runs/starter-instruct runs/starter-dpo
 stage synth-train avllm synth --out runs/synth/train --n "$TRAIN_CLIPS" --seed 1
 stage features avllm features --data runs/synth/train/instructions.jsonl
+# The align stage reads the multiple-choice records alone: one short answer each, about one
+# picture or sound fact, which is what the projectors must learn to carry.
+python3 - <<'PY'
+import json
+lines = open("runs/synth/train/instructions.jsonl").read().splitlines()
+keep = [l for l in lines if json.loads(l)["style"] == "choice"]
+open("runs/synth/train/align.jsonl", "w").write("\n".join(keep) + "\n")
+print(f"align.jsonl: {len(keep)} of {len(lines)} records")
+PY
 stage align avllm train sft --config configs/train/starter-align.yaml
 stage instruct avllm train sft --config configs/train/starter-instruct.yaml
 # DPO pairs: every hallucination pair (a false "Yes, a dog is barking" against a grounded "No, ...")

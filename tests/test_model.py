@@ -120,6 +120,25 @@ def test_stream_equals_greedy_generate(model):
     assert counts["generated"] == out.shape[1]  # exact, not a re-tokenisation of the text
 
 
+def test_each_conversation_weighs_the_same_in_the_loss(model):
+    """A long answer and a one-word answer in one batch: the loss is the mean of their own losses."""
+    from avllm.data.dataset import Collator
+
+    enc = encoded(model)
+    rows = []
+    for answer in ("Yes.", "A dog runs across the grass while a man speaks and music plays."):
+        messages = [{"role": "user", "content": with_video("what?")}, {"role": "assistant", "content": answer}]
+        tokens = model.tokenize(messages, enc, add_generation_prompt=False)
+        rows.append({"input_ids": tokens.input_ids, "labels": tokens.labels, "media": enc})
+    batch = Collator(model.tokenizer.pad_token_id)(rows)
+    with torch.no_grad():
+        both = model(batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"]).loss
+        alone = [model(torch.tensor([r["input_ids"]]), torch.ones(1, len(r["input_ids"]), dtype=torch.long), [enc],
+                       labels=torch.tensor([r["labels"]])).loss for r in rows]
+    torch.testing.assert_close(both, torch.stack(alone).mean(), rtol=1e-4, atol=1e-4)
+    assert abs(float(alone[0] - alone[1])) > 1e-3  # the two rows differ, so a token mean would differ
+
+
 def test_loss_ignores_everything_but_labels(model):
     enc = encoded(model)
     messages = [{"role": "user", "content": with_video("what?")}, {"role": "assistant", "content": "A dog."}]
