@@ -124,7 +124,11 @@ class AVLLM(nn.Module):
         folder = Path(folder)
         tensors = load_file(folder / PROJECTOR_FILE, device=str(self.llm.get_input_embeddings().weight.device))
         for name, proj in (("visual", self.visual_proj), ("audio", self.audio_proj)):
-            proj.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
+            try:
+                proj.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
+            except RuntimeError as exc:
+                raise ConfigError(f"{folder}: the {name} projector weights do not fit this model (saved by another "
+                                  f"preset or an older avllm?); retrain, or remove the folder: {exc}") from None
         adapter_file = folder / ADAPTER_DIR / "adapter_model.safetensors"
         if hasattr(self.llm, "peft_config") and adapter_file.is_file():  # else: a fresh adapter starts here
             from peft import set_peft_model_state_dict

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from avllm.config import LoraConfig, MediaConfig, ModelConfig
-from avllm.errors import SpliceError
+from avllm.errors import ConfigError, SpliceError
 from avllm.model import AVLLM, EncodedClip, slot_edges
 from avllm.prompt import with_video
 from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
@@ -174,6 +174,18 @@ def test_save_and_load_round_trip_with_lora(parts, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, torch.ones_like(ids), [enc]).logits,
                                    model(ids, torch.ones_like(ids), [enc]).logits, rtol=0, atol=0)
+
+
+def test_projector_weights_that_do_not_fit_are_refused_by_name(model, parts, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(tmp_path / "ckpt")
+    tensors = load_file(tmp_path / "ckpt" / "projectors.safetensors")
+    tensors["visual.norm.weight"] = tensors.pop("visual.feature_mean")  # a projector from an older layout
+    save_file(tensors, tmp_path / "ckpt" / "projectors.safetensors")
+    fresh = AVLLM.from_config(make_config(parts), device="cpu")
+    with pytest.raises(ConfigError, match="visual projector weights do not fit"):
+        fresh.load_trainable(tmp_path / "ckpt")
 
 
 def test_four_bit_load_runs_on_cpu(parts, tmp_path):
