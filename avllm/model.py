@@ -237,10 +237,9 @@ class AVLLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip], labels: torch.Tensor | None = None) -> Any:
         """Without labels, the LLM's output. With labels, the next-token loss averaged within each
         conversation, then over the conversations, so that every conversation weighs the same: with
-        a plain token mean, a 10-token description outweighs a one-word answer ten times, and the
-        short-answer question families learnt last. Logits are computed only at labelled positions:
-        the vocabulary projection is about a fifth of a small LLM's work, and most positions (the
-        media, the question) carry no label.
+        a plain token mean, a 10-token description outweighs a one-word answer ten times. Logits are
+        computed only at labelled positions: the vocabulary projection is about a fifth of a small
+        LLM's work, and most positions (the media, the question) carry no label.
         """
         if labels is None:
             return self.llm(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask)
