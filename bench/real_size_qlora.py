@@ -44,7 +44,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config, TrainerCallback
 from whisper.model import AudioEncoder, ModelDimensions
 
-from avllm.config import LoraConfig, ModelConfig, TrainConfig, load_model_config, load_train_config
+from avllm.config import ModelConfig, TrainConfig, load_train_config
 from avllm.data.dataset import Collator
 from avllm.encoders.audio import WhisperAudioEncoder
 from avllm.encoders.visual import CLIPVisualEncoder
@@ -52,7 +52,7 @@ from avllm.llm import DTYPES, load_llm
 from avllm.media import SAMPLE_RATE, Clip, MediaFacts, sample_times
 from avllm.model import AVLLM, EncodedClip
 from avllm.prompt import IGNORE_INDEX, with_video
-from avllm.train.common import AVTrainer, TrainableAVLLM, prepare_for_stage, training_arguments
+from avllm.train.common import AVTrainer, TrainableAVLLM, prepare_for_stage, stage_model_config, training_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2  # optimizer steps run before timing: CUDA kernels load, optimizer state is created
@@ -196,9 +196,7 @@ def main() -> None:
         "batch_size": args.batch, "max_steps": WARMUP + args.steps, "max_length": seq_len, "logging_steps": 1,
         "output_dir": run_dir.name, "dataloader_workers": 0})
     train_args = training_arguments(cfg)  # first: a transformers without the pinned API fails in seconds
-    config = load_model_config(cfg.model)  # with the recipe's quantization and adapter, as build_model does
-    config = dataclasses.replace(config, quantization=cfg.quantization or config.quantization,
-                                 lora=config.lora or cfg.lora or LoraConfig())
+    config = stage_model_config(cfg)  # the recipe's quantization and adapter, as build_model uses
     if args.tiny:
         config = dataclasses.replace(config, visual_encoder="ViT-B-32", media=dataclasses.replace(config.media, num_frames=4),
                                      encoder_dtype=config.encoder_dtype if cuda else "float32")

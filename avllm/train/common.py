@@ -20,7 +20,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..config import LoraConfig, TrainConfig, load_model_config, to_dict
+from ..config import LoraConfig, ModelConfig, TrainConfig, load_model_config, to_dict
 from ..data.cache import FeatureCache
 from ..errors import ConfigError
 from ..model import CONFIG_FILE, AVLLM, default_device
@@ -31,6 +31,14 @@ STATS_CLIPS = 256  # clips sampled to fit fresh projectors' input standardisatio
 
 def build_model(cfg: TrainConfig) -> AVLLM:
     """The model a stage starts from: the preset or checkpoint named by cfg.model, prepared for the stage."""
+    model = prepare_for_stage(AVLLM.from_config(stage_model_config(cfg), default_device()), cfg)
+    if starts_from_checkpoint(cfg):
+        model.load_trainable(cfg.model)
+    return model
+
+
+def stage_model_config(cfg: TrainConfig) -> ModelConfig:
+    """cfg.model's settings with the recipe's quantization, and an adapter for the LoRA stages."""
     if cfg.stage not in ("align", "instruct", "dpo"):
         raise ConfigError(f"stage {cfg.stage!r}: use align, instruct or dpo")
     config = load_model_config(cfg.model)
@@ -38,10 +46,7 @@ def build_model(cfg: TrainConfig) -> AVLLM:
         config = dataclasses.replace(config, quantization=cfg.quantization)
     if cfg.stage != "align" and config.lora is None:
         config = dataclasses.replace(config, lora=cfg.lora or LoraConfig())
-    model = prepare_for_stage(AVLLM.from_config(config, default_device()), cfg)
-    if starts_from_checkpoint(cfg):
-        model.load_trainable(cfg.model)
-    return model
+    return config
 
 
 def prepare_for_stage(model: AVLLM, cfg: TrainConfig) -> AVLLM:
