@@ -27,14 +27,16 @@ print(f"align.jsonl: {len(keep)} of {len(lines)} records")
 PY
 stage align avllm train sft --config configs/train/starter-align.yaml
 stage instruct avllm train sft --config configs/train/starter-instruct.yaml
-# DPO pairs: every hallucination pair (a false "Yes, a dog is barking" against a grounded "No, ...")
+# DPO pairs: every probe pair, as many hallucinations (a false "Yes, a dog is barking" against a
+# grounded "No, ...") as omissions (a false "No" about what is there against a grounded "Yes"),
 # and a quarter of the pairs about content (a wrong colour, count or sound), which keep the
 # answers about what is there from drifting.
 python3 - <<'PY'
 import json
 lines = open("runs/synth/train/preferences.jsonl").read().splitlines()
-other = [l for l in lines if json.loads(l)["target"] != "hallucination"]
-keep = [l for l in lines if json.loads(l)["target"] == "hallucination"] + other[::4]
+probe = {"hallucination", "omission"}
+other = [l for l in lines if json.loads(l)["target"] not in probe]
+keep = [l for l in lines if json.loads(l)["target"] in probe] + other[::4]
 open("runs/synth/train/dpo-pairs.jsonl", "w").write("\n".join(keep) + "\n")
 print(f"dpo-pairs.jsonl: {len(keep)} of {len(lines)} pairs")
 PY

@@ -128,6 +128,9 @@ def test_probes_are_balanced_and_preferences_target_hallucinations(many):
     hallucination = [r for r in prefs if r["target"] == "hallucination"]
     assert len(hallucination) == sum(not f["heldout"] for f in facts)  # one per training clip
     assert all(r["chosen"].startswith("No, ") and r["rejected"].startswith("Yes, ") for r in hallucination)
+    omission = [r for r in prefs if r["target"] == "omission"]  # as many pairs whose grounded answer is yes
+    assert len(omission) == len(hallucination)
+    assert all(r["chosen"].startswith("Yes, ") and r["rejected"].startswith("No, ") for r in omission)
     assert {"sound", "picture"} <= {r["target"] for r in prefs}
 
 

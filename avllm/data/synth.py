@@ -159,13 +159,16 @@ def clip_records(f: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         turns += [{"role": "user", "content": q.question}, {"role": "assistant", "content": q.sentence}]
     ins.append({"id": f"{f['id']}-open", **base, "style": "open", "family": "describe+" + "+".join(q.family for q in follow),
                 "kind": "audio-visual", "conversations": turns})
-    # Preferences: the grounded answer against one that contradicts the sound or the picture, and a
-    # hallucinated "Yes" against a grounded "No" for a probe whose answer is no.
+    # Preferences: the grounded answer against one that contradicts the sound or the picture; a
+    # hallucinated "Yes" against a grounded "No" for a probe whose answer is no; and, as many, a
+    # grounded "Yes" against a denial of what is there, so that DPO cannot win by saying "No".
     by_target = {t: [q for q in mcs if q.target == t and q.family != "describe"] for t in ("sound", "picture")}
     chosen_qs = [qs[int(rng.integers(len(qs)))] for qs in by_target.values() if qs]
     chosen_qs.append(next(q for q in mcs if q.family == "describe"))
     no_probes = [q for q in candidates if q.answer == "no"]
     chosen_qs.append(no_probes[int(rng.integers(len(no_probes)))])
+    yes_probes = [q for q in candidates if q.answer == "yes"]
+    chosen_qs.append(yes_probes[int(rng.integers(len(yes_probes)))])
     for i, q in enumerate(chosen_qs):
         pref.append({"id": f"{f['id']}-pref{i}", **base, "target": q.target, "family": q.family, "kind": q.kind,
                      "prompt": [_user(q.question if q.family != "describe" else "Describe what you see and hear.")],

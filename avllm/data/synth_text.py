@@ -37,7 +37,7 @@ class Question:
     answer: str
     sentence: str  # the grounded answer in words
     wrong: str  # a plausible answer that contradicts the picture or the sound
-    target: str = ""  # what the wrong answer gets wrong: picture, sound, hallucination
+    target: str = ""  # what the wrong answer gets wrong: picture, sound, hallucination, omission
     split: str | None = None
 
 
@@ -233,11 +233,12 @@ def mc_questions(f: dict[str, Any], rng: np.random.Generator, vocab: list[str]) 
 def _probe(kind: str, question: str, truth: bool, true_text: str, false_text: str) -> Question:
     """A yes/no probe: the grounded answer explains itself; the wrong one is the bare opposite claim.
 
-    For a probe whose true answer is no, the wrong answer is a hallucination ("Yes, a dog is barking").
+    For a probe whose true answer is no, the wrong answer is a hallucination ("Yes, a dog is barking");
+    for one whose answer is yes, an omission ("No, nobody is speaking" while someone speaks).
     """
     sentence = ("Yes, " if truth else "No, ") + true_text
     wrong = ("No, " if truth else "Yes, ") + false_text
-    target = "hallucination" if not truth else ("sound" if kind.startswith("audio/") else "picture")
+    target = "omission" if truth else "hallucination"
     return Question(f"probe-{kind.split('/')[1]}", kind, question, ["yes", "no"], "yes" if truth else "no",
                     sentence, wrong, target)
 
