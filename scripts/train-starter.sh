@@ -27,16 +27,19 @@ print(f"align.jsonl: {len(keep)} of {len(lines)} records")
 PY
 stage align avllm train sft --config configs/train/starter-align.yaml
 stage instruct avllm train sft --config configs/train/starter-instruct.yaml
-# DPO pairs: every probe pair, as many hallucinations (a false "Yes, a dog is barking" against a
-# grounded "No, ...") as omissions (a false "No" about what is there against a grounded "Yes"),
-# and a quarter of the pairs about content (a wrong colour, count or sound), which keep the
-# answers about what is there from drifting.
+# DPO pairs, one epoch of the DPO stage (60 steps of 8; the reference pass covers every pair, so
+# the file holds no more than training sees): a third of the hallucination pairs (a false "Yes, a
+# dog is barking" against a grounded "No, ..."), as many omissions (a false "No" about what is
+# there against a grounded "Yes, ..."), and a few pairs about content (a wrong colour, count or
+# sound), which keep the answers about what is there from drifting.
 python3 - <<'PY'
 import json
 lines = open("runs/synth/train/preferences.jsonl").read().splitlines()
-probe = {"hallucination", "omission"}
-other = [l for l in lines if json.loads(l)["target"] not in probe]
-keep = [l for l in lines if json.loads(l)["target"] in probe] + other[::4]
+by_target = {}
+for line in lines:
+    by_target.setdefault(json.loads(line)["target"], []).append(line)
+other = [l for t, ls in by_target.items() if t not in ("hallucination", "omission") for l in ls]
+keep = by_target["hallucination"][::3] + by_target["omission"][::3] + other[::15]
 open("runs/synth/train/dpo-pairs.jsonl", "w").write("\n".join(keep) + "\n")
 print(f"dpo-pairs.jsonl: {len(keep)} of {len(lines)} pairs")
 PY
