@@ -30,6 +30,7 @@ from .errors import ConfigError, SpliceError
 from .llm import DTYPES, LoadedLLM, load_llm
 from .media import Clip, MediaFacts, sample_times
 from .projector import build_projector
+from .projector.clip_summary import ClipSummary
 from .prompt import IGNORE_INDEX, ChatTokens, Message, add_video_token, encode_chat, expand_placeholders
 
 CONFIG_FILE = "avllm_config.json"
@@ -80,9 +81,17 @@ class AVLLM(nn.Module):
                                                config.visual_tokens_per_slot, visual_encoder.grid, scale)
             self.audio_proj = build_projector(config.projector, audio_encoder.dim, hidden,
                                               config.audio_tokens_per_slot, out_scale=scale)
-        self.visual_proj.to(table.device, table.dtype)
-        self.audio_proj.to(table.device, table.dtype)
+            self.summary = ClipSummary(
+                (visual_encoder.dim, audio_encoder.dim), (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
+                hidden, config.summary_tokens, out_scale=scale) if config.summary_tokens else None
+        for proj in self.projectors().values():
+            proj.to(table.device, table.dtype)
         self._marks: dict[str, list[int]] = {}
+
+    def projectors(self) -> dict[str, nn.Module]:
+        """The trained modules between the encoders and the LLM, by the name their weights are saved under."""
+        found = {"visual": self.visual_proj, "audio": self.audio_proj, "summary": self.summary}
+        return {name: module for name, module in found.items() if module is not None}
 
     # ---- building -------------------------------------------------------------------------
     @classmethod
@@ -123,7 +132,7 @@ class AVLLM(nn.Module):
         """Load the projectors and the LoRA weights saved in `folder` into this model (same shapes)."""
         folder = Path(folder)
         tensors = load_file(folder / PROJECTOR_FILE, device=str(self.llm.get_input_embeddings().weight.device))
-        for name, proj in (("visual", self.visual_proj), ("audio", self.audio_proj)):
+        for name, proj in self.projectors().items():
             try:
                 proj.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
             except RuntimeError as exc:
@@ -143,7 +152,7 @@ class AVLLM(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_FILE).write_text(json.dumps({"format": CHECKPOINT_FORMAT, "model": to_dict(self.config)}, indent=2))
-        tensors = {f"{name}.{k}": v.detach().contiguous().cpu() for name, proj in (("visual", self.visual_proj), ("audio", self.audio_proj)) for k, v in proj.state_dict().items()}
+        tensors = {f"{name}.{k}": v.detach().contiguous().cpu() for name, proj in self.projectors().items() for k, v in proj.state_dict().items()}
         save_file(tensors, folder / PROJECTOR_FILE)
         if hasattr(self.llm, "peft_config"):
             self.llm.save_pretrained(folder / ADAPTER_DIR)
@@ -190,10 +199,12 @@ class AVLLM(nn.Module):
         return visual_slots, audio_slots
 
     def media_embeds(self, enc: EncodedClip) -> torch.Tensor:
-        """[slots * (visual + audio tokens), hidden], slot by slot in time order."""
+        """[slots * (visual + audio tokens) + summary tokens, hidden], slot by slot in time order."""
         visual_slots, audio_slots = self.slot_features(enc)
-        both = torch.cat([self.visual_proj(visual_slots), self.audio_proj(audio_slots)], dim=1)
-        return both.reshape(-1, both.shape[-1])
+        visual, audio = self.visual_proj.standardized(visual_slots), self.audio_proj.standardized(audio_slots)
+        both = torch.cat([self.visual_proj(visual_slots, visual), self.audio_proj(audio_slots, audio)], dim=1)
+        slots = both.reshape(-1, both.shape[-1])
+        return torch.cat([slots, self.summary([visual[0], audio[0]]).to(slots.dtype)]) if self.summary is not None else slots
 
     def fit_projector_inputs(self, clips: list[EncodedClip]) -> None:
         """Fit both projectors' input standardisation on these clips' features (fresh projectors only)."""
@@ -203,14 +214,15 @@ class AVLLM(nn.Module):
                 log.warning("no %s features among %d clips: the %s projector's inputs stay unstandardised", name, len(clips), name)
 
     def layout(self, enc: EncodedClip) -> list[int]:
-        """What replaces <video>: per slot an optional time mark, then one placeholder per media token."""
+        """What replaces <video>: per slot an optional time mark, then one placeholder per media token;
+        then the clip's summary tokens."""
         per_slot = [self.video_token_id] * (self.config.visual_tokens_per_slot + self.config.audio_tokens_per_slot)
         ids: list[int] = []
         for t in self.slot_times(enc):
             if self.config.time_marks:
                 ids += self.mark_ids(f" t={t:.1f}s")
             ids += per_slot
-        return ids
+        return ids + [self.video_token_id] * self.config.summary_tokens
 
     def mark_ids(self, text: str) -> list[int]:
         if text not in self._marks:

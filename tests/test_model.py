@@ -88,6 +88,24 @@ def test_layout_and_splice_positions(model):
     torch.testing.assert_close(embeds[0, ~mask], text)
 
 
+def test_summary_tokens_follow_the_slots_and_read_every_slot(parts):
+    summed = AVLLM.from_config(make_config(parts, summary_tokens=2), device="cpu")
+    enc = encoded(summed)
+    tokens = summed.tokenize([{"role": "user", "content": with_video("what?")}], enc, add_generation_prompt=True)
+    ids = torch.tensor([tokens.input_ids])
+    assert int((ids == summed.video_token_id).sum()) == 3 * (KV + KA) + 2
+    out = summed.media_embeds(enc)
+    torch.testing.assert_close(summed.embed(ids, [enc])[0, ids[0] == summed.video_token_id], out)
+    plain = AVLLM.from_config(make_config(parts), device="cpu")  # same seed: the same slot projectors
+    torch.testing.assert_close(out[:-2], plain.media_embeds(enc))
+    for change in ("visual", "audio"):  # the last frame or the last sound alone moves the summary
+        other = encoded(summed)
+        getattr(other, change)[-1] += 1.0
+        moved = summed.media_embeds(other)
+        assert not torch.allclose(moved[-2:], out[-2:])
+        torch.testing.assert_close(moved[: 2 * (KV + KA)], out[: 2 * (KV + KA)])
+
+
 def test_time_marks_come_before_each_slot(parts):
     marked = AVLLM.from_config(make_config(parts, time_marks=True), device="cpu")
     enc = encoded(marked)
@@ -154,7 +172,7 @@ def test_loss_ignores_everything_but_labels(model):
 
 
 def test_save_and_load_round_trip_with_lora(parts, tmp_path):
-    config = make_config(parts, lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    config = make_config(parts, summary_tokens=2, lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
     model = AVLLM.from_config(config, device="cpu")
     model.add_lora()
     with torch.no_grad():  # make the adapter and projectors non-trivial

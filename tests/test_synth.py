@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from avllm.data import formats
-from avllm.data.synth import HELDOUT_VOCAB, VOCAB, clip_records, sample_facts, synthesize
+from avllm.data.synth import HELDOUT_VOCAB, SESSION_ORDERS, VOCAB, clip_records, sample_facts, synthesize
 from avllm.data.synth_media import COLOURS, FLASH, RATE, SLOT_SECONDS, render_clip
 from avllm.media import load_clip
 
-FILES = ("clips.jsonl", "instructions.jsonl", "preferences.jsonl", "qa.jsonl", "probes.jsonl")
+FILES = ("clips.jsonl", "instructions.jsonl", "sessions.jsonl", "preferences.jsonl", "qa.jsonl", "probes.jsonl")
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -47,7 +47,8 @@ def test_same_seed_gives_the_same_bytes_and_other_seeds_share_no_clip(sets):
 
 
 def test_every_written_file_passes_validation(sets):
-    for name, fmt in (("instructions", "instruction"), ("preferences", "preference"), ("qa", "qa"), ("probes", "qa")):
+    for name, fmt in (("instructions", "instruction"), ("sessions", "instruction"), ("preferences", "preference"),
+                      ("qa", "qa"), ("probes", "qa")):
         records = formats.load(sets / "a" / f"{name}.jsonl", fmt)
         assert records, name
         assert all(r.media.is_file() for r in records)
@@ -107,7 +108,7 @@ def test_held_out_words_are_never_in_training_files(many):
     facts, records = many
     heldout = [f for f in facts if f["heldout"]]
     assert heldout and all(f["word"] in HELDOUT_VOCAB for f in heldout)
-    training = json.dumps([r for rec in records for r in rec["instructions"] + rec["preferences"]])
+    training = json.dumps([r for rec in records for r in rec["instructions"] + rec["sessions"] + rec["preferences"]])
     assert not any(word in training for word in HELDOUT_VOCAB)
     assert all(word in training for word in VOCAB)
     word_qa = [r for rec in records for r in rec["qa"] if r["family"] == "word"]
@@ -141,3 +142,29 @@ def test_beeps_line_up_with_the_flash_half_the_time(many):
     assert 0.3 < np.mean([f["sync"] for f in both]) < 0.7
     beeps = [f["beep_slots"] for f in facts if f["sound"] == "beeps"]
     assert all(b - a > 1 for slots in beeps for a, b in zip(slots, slots[1:]))
+
+
+def test_sessions_ask_every_short_question_of_a_clip_once_per_order(many):
+    facts, records = many
+    rec = next(r for f, r in zip(facts, records) if not f["heldout"])
+    short = [r for r in rec["instructions"] if r["style"] in ("choice", "yes-no")]
+    pairs_in_order = [(r["conversations"][0]["content"].replace("\n<video>", ""), r["conversations"][1]["content"]) for r in short]
+    pairs = set(pairs_in_order)
+    explaining = {pair for r, pair in zip(short, pairs_in_order) if r["style"] == "yes-no" or r["family"] == "describe"}
+    assert 0 < len(explaining) < len(pairs)
+    sessions = [r for r in rec["sessions"] if r["style"] == "session"]
+    assert len(sessions) == SESSION_ORDERS
+    orders = set()
+    for sess in sessions:
+        turns = sess["conversations"]
+        assert [t["role"] for t in turns] == ["user", "assistant"] * len(short)
+        assert turns[0]["content"].endswith("\n<video>")  # the eval prompt's layout for the first question
+        assert sum(t["content"].count("<video>") for t in turns) == 1
+        asked = [(turns[i]["content"].replace("\n<video>", ""), turns[i + 1]["content"]) for i in range(0, len(turns), 2)]
+        assert set(asked) == pairs and len(asked) == len(pairs)
+        explains = [pair in explaining for pair in asked]
+        assert explains == sorted(explains)  # no answer that explains itself gives a later one away
+        orders.add(tuple(asked))
+    assert len(orders) == SESSION_ORDERS  # a new order each time
+    assert [r for r in rec["sessions"] if r["style"] != "session"] == [r for r in rec["instructions"] if r["style"] == "open"]
+    assert all(r["sessions"] == [] for f, r in zip(facts, records) if f["heldout"])

@@ -64,13 +64,21 @@ class MLPPoolProjector(nn.Module):
         self.feature_std.copy_(pooled.std(0).clamp_min(1e-4))
         return True
 
-    def forward(self, slots: list[torch.Tensor | None]) -> torch.Tensor:
-        """One entry per time slot: features [N, in_dim] or None when absent -> [S, tokens, out_dim]."""
+    def standardized(self, slots: list[torch.Tensor | None]) -> tuple[torch.Tensor, list[int]]:
+        """The pooled, standardised inputs [S, tokens, in_dim] (zeros where absent) and the present slots."""
         present = [i for i, x in enumerate(slots) if x is not None]
+        param = self.mlp[0].weight
+        out = param.new_zeros(len(slots), self.tokens, param.shape[1])
+        if present:
+            pooled = torch.cat([self.pool(slots[i].unsqueeze(0).to(param.device, param.dtype)) for i in present])
+            out[present] = (pooled - self.feature_mean) / self.feature_std
+        return out, present
+
+    def forward(self, slots: list[torch.Tensor | None], standard: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
+        """One entry per time slot: features [N, in_dim] or None when absent -> [S, tokens, out_dim].
+        `standard` is this call's `standardized(slots)` when the caller already has it."""
+        inputs, present = standard if standard is not None else self.standardized(slots)
         out = self.absent.unsqueeze(0).repeat(len(slots), 1, 1)
         if present:
-            param = self.mlp[0].weight
-            pooled = torch.cat([self.pool(slots[i].unsqueeze(0).to(param.device, param.dtype)) for i in present])
-            standard = (pooled - self.feature_mean) / self.feature_std
-            out[present] = self.out_norm(self.mlp(standard)).to(out.dtype)
+            out[present] = self.out_norm(self.mlp(inputs[present])).to(out.dtype)
         return out

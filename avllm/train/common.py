@@ -63,7 +63,7 @@ def prepare_for_stage(model: AVLLM, cfg: TrainConfig) -> AVLLM:
 
             model.llm = prepare_model_for_kbit_training(model.llm, use_gradient_checkpointing=cfg.gradient_checkpointing)
         model.add_lora()
-    for proj in (model.visual_proj, model.audio_proj):
+    for proj in model.projectors().values():
         proj.float().requires_grad_(True)  # trained in float32; autocast computes in bf16/fp16
     return model
 
@@ -115,7 +115,7 @@ class AVTrainer(Trainer):
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
             avllm = self.accelerator.unwrap_model(model or self.model).avllm
-            projectors = [p for proj in (avllm.visual_proj, avllm.audio_proj) for p in proj.parameters()]
+            projectors = [p for proj in avllm.projectors().values() for p in proj.parameters()]
             known = {id(p) for p in projectors}
             others = [p for p in avllm.parameters() if p.requires_grad and id(p) not in known]
             decay = {"weight_decay": self.args.weight_decay}
