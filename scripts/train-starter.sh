@@ -26,6 +26,8 @@ open("runs/synth/train/align.jsonl", "w").write("\n".join(keep) + "\n")
 print(f"align.jsonl: {len(keep)} of {len(lines)} records")
 PY
 stage align avllm train sft --config configs/train/starter-align.yaml
+# The instruct stage reads sessions.jsonl (written by avllm synth): every multiple-choice question
+# about a clip in one chat, so the clip's 68 tokens are paid once per seven answers.
 stage instruct avllm train sft --config configs/train/starter-instruct.yaml
 # DPO pairs, one epoch of the DPO stage (60 steps of 8; the reference pass covers every pair, so
 # the file holds no more than training sees): a third of the hallucination pairs (a false "Yes, a

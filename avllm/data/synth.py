@@ -17,12 +17,11 @@ training set made by this tool ever speaks them.
 Files written in DIR: clips/*.mp4, clips.jsonl (the facts), instructions.jsonl,
 sessions.jsonl, preferences.jsonl, qa.jsonl, probes.jsonl and synth.json (settings and counts).
 
-sessions.jsonl holds the records of instructions.jsonl regrouped for training: all short answers
-about a clip (its multiple-choice and yes/no records; one-word answers first) as one chat, in
-SESSION_ORDERS orders, then its open conversation. The clip's tokens are then paid for once per ten answers instead of
-once per answer: on the 2-core CPU, 150 LoRA steps on the multiple-choice records packed per
-clip (19 min) gave the starter 57% on 300 held-out questions, where 450 steps on the single
-records (26 min) gave 50% on 399.
+sessions.jsonl holds the multiple-choice records of instructions.jsonl regrouped for training:
+all of a clip's questions as one chat (the description last), in SESSION_ORDERS orders. The
+clip's tokens are then paid for once per seven answers instead of once per answer: on the 2-core
+CPU, 150 LoRA steps on the multiple-choice records packed per clip (19 min) gave the starter 57%
+on 300 held-out questions, where 450 steps on the single records (26 min) gave 50% on 399.
 """
 
 from __future__ import annotations
@@ -181,14 +180,11 @@ def clip_records(f: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         pref.append({"id": f"{f['id']}-pref{i}", **base, "target": q.target, "family": q.family, "kind": q.kind,
                      "prompt": [_user(q.question if q.family != "describe" else "Describe what you see and hear.")],
                      "chosen": q.sentence, "rejected": q.wrong})
-    # One-word answers first: an answer that explains itself ("No, nobody speaks; four beeps
-    # sound ...", "three purple circles, with beeps") would give away later ones without the clip.
+    # The description last: it names the count, colour, shape and sound, and would give them away.
     words = [r for r in ins if r["style"] == "choice" and r["family"] != "describe"]
-    sentences = [r for r in ins if r["style"] == "yes-no" or r["family"] == "describe"]
+    described = [r for r in ins if r["family"] == "describe"]
     for k in range(SESSION_ORDERS):
-        order = [words[i] for i in rng.permutation(len(words))] + [sentences[i] for i in rng.permutation(len(sentences))]
-        out["sessions"].append(session(order, f"{f['id']}-session{k}"))
-    out["sessions"] += [r for r in ins if r["style"] == "open"]
+        out["sessions"].append(session([words[i] for i in rng.permutation(len(words))] + described, f"{f['id']}-session{k}"))
     return out
 
 
