@@ -74,8 +74,8 @@ class ModelConfig:
     projector: str = "mlp_pool"  # see avllm/projector/__init__.py for the kinds
     visual_tokens_per_slot: int = 4  # LLM tokens for each sampled frame
     audio_tokens_per_slot: int = 4  # LLM tokens for the audio around each frame
-    # LLM tokens computed from the whole clip at once (both streams, every slot), after the slots:
-    # facts that span frames (which way things move, how many beeps) then reach the LLM as tokens.
+    # LLM tokens computed from the whole clip at once (both streams, every slot), after the slots,
+    # for facts that span frames (which shape came first, which way things move).
     summary_tokens: int = 0
     time_marks: bool = False  # put "t=3s" text before each slot
     dtype: str = "float32"  # LLM and projector dtype: float32, bfloat16, float16

@@ -51,7 +51,7 @@ SOUND_P = (0.3, 0.3, 0.2, 0.2)
 OPEN_FOLLOW_UPS = 2  # open questions after the description in the multi-turn conversation
 PROBES_PER_ANSWER = 1  # probes.jsonl: one yes and one no per clip
 TRAIN_PROBES_PER_ANSWER = 2  # instructions.jsonl: up to two of each
-SESSION_ORDERS = 3  # sessions.jsonl: each clip's short answers in this many orders
+SESSION_ORDERS = 3  # sessions.jsonl: each clip's multiple-choice questions in this many orders
 
 
 @dataclass
