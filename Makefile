@@ -33,6 +33,5 @@ test: $(STAMP)
 # about 45 minutes on 2 CPU cores; the figures land in runs/eval-*.md.
 starter-weights: $(STAMP)
 	. $(VENV)/bin/activate && scripts/train-starter.sh
-	rm -rf weights/starter && mkdir -p weights
-	cp -r runs/starter-dpo weights/starter
-	rm -rf weights/starter/checkpoint-* weights/starter/runs weights/starter/reference_logps.safetensors
+	rm -rf weights/starter
+	$(BIN)/avllm export --model runs/starter-dpo --out weights/starter

@@ -98,6 +98,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .model import export_checkpoint
+
+    for path in export_checkpoint(args.model, args.out, args.dtype):
+        print(f"{path}  {path.stat().st_size / 1e6:.2f} MB")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     quiet_libraries()
     from .serve.server import ServeSettings, serve
@@ -219,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="build the cached offline weights of a preset")
     convert.add_argument("--model", default=DEFAULT_MODEL)
     convert.set_defaults(func=cmd_convert)
+
+    export = sub.add_parser("export", help="copy a checkpoint's trained weights (projectors, LoRA) for shipping, in half precision")
+    export.add_argument("--model", required=True, help="checkpoint folder (a training run's output_dir)")
+    export.add_argument("--out", required=True, help="folder to write, e.g. weights/starter")
+    export.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    export.set_defaults(func=cmd_export)
 
     serve = sub.add_parser("serve", help="start the Gradio chat UI at / and an OpenAI-compatible API at /v1")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it; the API has no auth)")

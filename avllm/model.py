@@ -77,12 +77,12 @@ class AVLLM(nn.Module):
         hidden, scale = table.shape[1], float(rows.float().pow(2).mean().sqrt())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # an untrained model answers the same way every run
-            self.visual_proj = build_projector(config.projector, visual_encoder.dim, hidden,
-                                               config.visual_tokens_per_slot, visual_encoder.grid, scale)
-            self.audio_proj = build_projector(config.projector, audio_encoder.dim, hidden,
-                                              config.audio_tokens_per_slot, out_scale=scale)
+            self.visual_proj = build_projector(config.projector, visual_encoder.dim, hidden, config.visual_tokens_per_slot,
+                                               visual_encoder.grid, scale, config.whiten_dims)
+            self.audio_proj = build_projector(config.projector, audio_encoder.dim, hidden, config.audio_tokens_per_slot,
+                                              None, scale, config.whiten_dims)
             self.summary = ClipSummary(
-                (visual_encoder.dim, audio_encoder.dim), (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
+                (self.visual_proj.input_dim, self.audio_proj.input_dim), (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
                 hidden, config.summary_tokens, out_scale=scale) if config.summary_tokens else None
         for proj in self.projectors().values():
             proj.to(table.device, table.dtype)
@@ -334,3 +334,27 @@ class AVLLM(nn.Module):
             hook.remove()
         if failure:
             raise failure[0]
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16") -> list[Path]:
+    """Copy what a checkpoint trained (config, projectors, LoRA adapter) with the weights stored in
+    `dtype`, leaving out optimizer states and logs. Training keeps float32 masters, but the starter
+    computes in bfloat16, and its weights ship in the repo only at half the size. Returns the files."""
+    src, dst = Path(src), Path(dst)
+    load_model_config(str(src))  # refuses a folder that is not a checkpoint
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: use one of {sorted(DTYPES)}")
+    if dst.resolve() == src.resolve():
+        raise ConfigError(f"{dst}: export to another folder than the checkpoint itself")
+    files = [Path(CONFIG_FILE), Path(PROJECTOR_FILE)]
+    if (src / ADAPTER_DIR).is_dir():
+        files += [Path(ADAPTER_DIR) / "adapter_config.json", Path(ADAPTER_DIR) / "adapter_model.safetensors"]
+    for name in files:
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.suffix == ".safetensors":
+            tensors = load_file(src / name)
+            save_file({k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in tensors.items()},
+                      dst / name, metadata={"format": "pt"})
+        else:
+            (dst / name).write_bytes((src / name).read_bytes())
+    return [dst / name for name in files]

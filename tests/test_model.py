@@ -8,7 +8,7 @@ import torch
 
 from avllm.config import LoraConfig, MediaConfig, ModelConfig
 from avllm.errors import ConfigError, SpliceError
-from avllm.model import AVLLM, EncodedClip, slot_edges
+from avllm.model import AVLLM, EncodedClip, export_checkpoint, slot_edges
 from avllm.prompt import with_video
 from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
@@ -171,27 +171,56 @@ def test_loss_ignores_everything_but_labels(model):
     model.zero_grad(set_to_none=True)
 
 
-def test_save_and_load_round_trip_with_lora(parts, tmp_path):
-    config = make_config(parts, summary_tokens=2, lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+def saved_with_lora(parts, folder) -> AVLLM:
+    """A model with every trainable kind (whitened projectors, summary, LoRA) made non-trivial, saved in `folder`."""
+    config = make_config(parts, summary_tokens=2, whiten_dims=5,
+                         lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
     model = AVLLM.from_config(config, device="cpu")
     model.add_lora()
-    with torch.no_grad():  # make the adapter and projectors non-trivial
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name or "_proj.absent" in name:
                 p.add_(0.1)
     model.fit_projector_inputs([encoded(model)])  # fitted statistics travel with the weights
-    model.save_pretrained(tmp_path / "ckpt")
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def logits(model, enc) -> torch.Tensor:
+    ids = torch.tensor([model.tokenize([{"role": "user", "content": with_video("what?")}], enc, True).input_ids])
+    with torch.no_grad():
+        return model(ids, torch.ones_like(ids), [enc]).logits
+
+
+def test_save_and_load_round_trip_with_lora(parts, tmp_path):
+    model = saved_with_lora(parts, tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["adapter", "avllm_config.json", "projectors.safetensors"]
     assert (tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors").is_file()
     loaded = AVLLM.from_pretrained(tmp_path / "ckpt", device="cpu")
-    assert loaded.config == config
+    assert loaded.config == model.config
     enc = encoded(model)
-    tokens = model.tokenize([{"role": "user", "content": with_video("what?")}], enc, True)
-    ids = torch.tensor([tokens.input_ids])
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, torch.ones_like(ids), [enc]).logits,
-                                   model(ids, torch.ones_like(ids), [enc]).logits, rtol=0, atol=0)
+    torch.testing.assert_close(logits(loaded, enc), logits(model, enc), rtol=0, atol=0)
+
+
+def test_export_stores_the_trained_weights_in_half_precision(parts, tmp_path):
+    from safetensors.torch import load_file
+
+    model = saved_with_lora(parts, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "checkpoint-5").mkdir()  # optimizer states and logs stay behind
+    files = export_checkpoint(tmp_path / "ckpt", tmp_path / "ship")
+    assert sorted(str(f.relative_to(tmp_path / "ship")) for f in files) == sorted(
+        ["avllm_config.json", "projectors.safetensors", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"])
+    assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["adapter", "avllm_config.json", "projectors.safetensors"]
+    for name in ("projectors.safetensors", "adapter/adapter_model.safetensors"):
+        full, half = load_file(tmp_path / "ckpt" / name), load_file(tmp_path / "ship" / name)
+        assert half.keys() == full.keys() and {v.dtype for v in half.values()} == {torch.bfloat16}
+    enc = encoded(model)
+    shipped, trained = logits(AVLLM.from_pretrained(tmp_path / "ship", device="cpu"), enc), logits(model, enc)
+    assert (shipped - trained).norm() / trained.norm() < 0.03  # bfloat16 rounding (~1%), nothing lost or misplaced
+    with pytest.raises(ConfigError, match="another folder"):
+        export_checkpoint(tmp_path / "ckpt", tmp_path / "ckpt")
+    with pytest.raises(ConfigError, match="dtype"):
+        export_checkpoint(tmp_path / "ckpt", tmp_path / "other", dtype="int8")
 
 
 def test_projector_weights_that_do_not_fit_are_refused_by_name(model, parts, tmp_path):
@@ -241,3 +270,17 @@ def test_fitted_projector_inputs_are_standardised():
     before = proj.feature_mean.clone()
     assert not proj.fit_input_stats([None, None])  # nothing of this kind: left as it was
     assert torch.equal(proj.feature_mean, before)
+
+
+def test_whitened_projector_inputs_are_uncorrelated_with_unit_variance():
+    from avllm.projector.mlp_pool import MLPPoolProjector
+
+    gen = torch.Generator().manual_seed(0)
+    mixing = torch.randn(6, 6, generator=gen)  # correlated dimensions of very different variance
+    slots = [torch.randn(10, 6, generator=gen) * torch.tensor([50.0, 5, 1, 1, 0.5, 0.1]) @ mixing for _ in range(40)]
+    proj = MLPPoolProjector(in_dim=6, out_dim=8, tokens=2, whiten=3)
+    assert proj.input_dim == 3 and proj.mlp[0].in_features == 3
+    assert proj.fit_input_stats(slots)
+    inputs, present = proj.standardized(slots)
+    assert inputs.shape == (40, 2, 3) and present == list(range(40))
+    torch.testing.assert_close(torch.cov(inputs.flatten(0, 1).T), torch.eye(3), atol=1e-4, rtol=0)
