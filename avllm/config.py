@@ -77,9 +77,6 @@ class ModelConfig:
     # LLM tokens computed from the whole clip at once (both streams, every slot), after the slots,
     # for facts that span frames (which shape came first, which way things move).
     summary_tokens: int = 0
-    # The projectors whiten their standardised inputs onto this many principal directions, fitted
-    # on the training clips (0: they read every dimension, standardised); see projector/mlp_pool.py.
-    whiten_dims: int = 0
     time_marks: bool = False  # put "t=3s" text before each slot
     dtype: str = "float32"  # LLM and projector dtype: float32, bfloat16, float16
     # The frozen encoders' compute dtype (features are cached per dtype): float32, bfloat16, float16.

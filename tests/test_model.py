@@ -172,8 +172,8 @@ def test_loss_ignores_everything_but_labels(model):
 
 
 def saved_with_lora(parts, folder) -> AVLLM:
-    """A model with every trainable kind (whitened projectors, summary, LoRA) made non-trivial, saved in `folder`."""
-    config = make_config(parts, summary_tokens=2, whiten_dims=5,
+    """A model with every trainable kind (projectors, summary, LoRA) made non-trivial, saved in `folder`."""
+    config = make_config(parts, summary_tokens=2,
                          lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
     model = AVLLM.from_config(config, device="cpu")
     model.add_lora()
@@ -270,17 +270,3 @@ def test_fitted_projector_inputs_are_standardised():
     before = proj.feature_mean.clone()
     assert not proj.fit_input_stats([None, None])  # nothing of this kind: left as it was
     assert torch.equal(proj.feature_mean, before)
-
-
-def test_whitened_projector_inputs_are_uncorrelated_with_unit_variance():
-    from avllm.projector.mlp_pool import MLPPoolProjector
-
-    gen = torch.Generator().manual_seed(0)
-    mixing = torch.randn(6, 6, generator=gen)  # correlated dimensions of very different variance
-    slots = [torch.randn(10, 6, generator=gen) * torch.tensor([50.0, 5, 1, 1, 0.5, 0.1]) @ mixing for _ in range(40)]
-    proj = MLPPoolProjector(in_dim=6, out_dim=8, tokens=2, whiten=3)
-    assert proj.input_dim == 3 and proj.mlp[0].in_features == 3
-    assert proj.fit_input_stats(slots)
-    inputs, present = proj.standardized(slots)
-    assert inputs.shape == (40, 2, 3) and present == list(range(40))
-    torch.testing.assert_close(torch.cov(inputs.flatten(0, 1).T), torch.eye(3), atol=1e-4, rtol=0)

@@ -15,13 +15,6 @@ inputs, 17% (chance) with the LayerNorm, which needed about 100 steps.
 The output is RMS-normalised with a learned gain that starts at the scale of the LLM's own
 token embeddings: unnormalised, the media tokens grew to ~50x the norm of text tokens in
 training and swamped the residual stream (visual answers stayed at chance).
-
-With `whiten` > 0 the standardised inputs are also whitened onto their top `whiten` principal
-directions (PCA, fitted with the statistics). The pooled features of the starter's random CLIP
-put 64% of their variance in one direction and 94% in ten, while what tells shapes and counts
-apart lies in the small directions, which gradient steps reach last. Linear read-outs trained
-with Adam (150 steps of 8, held-out clips) read shape at 43% from the standardised inputs and
-75% from 128 whitened dimensions, count at 56% and 77%; the MLP also shrinks by 5x in its first layer.
 """
 
 from __future__ import annotations
@@ -32,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-
 
 def grid_shape(tokens: int) -> tuple[int, int]:
     """The most square (rows, cols) with rows * cols == tokens."""
@@ -42,19 +33,13 @@ def grid_shape(tokens: int) -> tuple[int, int]:
 
 
 class MLPPoolProjector(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None, out_scale: float = 1.0,
-                 whiten: int = 0):
+    def __init__(self, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None, out_scale: float = 1.0):
         super().__init__()
-        if whiten > in_dim:
-            raise ConfigError(f"whiten_dims {whiten}: at most the encoder's {in_dim} feature dimensions (or 0: no whitening)")
         self.tokens = tokens
         self.grid = grid
-        self.input_dim = whiten or in_dim  # what the MLP (and the clip summary) read per token
         self.register_buffer("feature_mean", torch.zeros(in_dim))  # identity until fit_input_stats
         self.register_buffer("feature_std", torch.ones(in_dim))
-        if whiten:  # the first `whiten` dimensions until fit_input_stats
-            self.register_buffer("feature_whiten", torch.eye(in_dim, whiten))
-        self.mlp = nn.Sequential(nn.Linear(self.input_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
         self.out_norm = nn.RMSNorm(out_dim)
         nn.init.constant_(self.out_norm.weight, out_scale)
         self.absent = nn.Parameter(torch.randn(tokens, out_dim) * out_scale)
@@ -77,23 +62,16 @@ class MLPPoolProjector(nn.Module):
             return False
         self.feature_mean.copy_(pooled.mean(0))
         self.feature_std.copy_(pooled.std(0).clamp_min(1e-4))
-        if hasattr(self, "feature_whiten"):
-            standard = (pooled - self.feature_mean) / self.feature_std
-            variances, directions = torch.linalg.eigh(torch.cov(standard.T))  # ascending
-            top = variances.flip(0)[: self.input_dim].clamp_min(1e-3)  # standardised: the mean variance is 1
-            self.feature_whiten.copy_(directions.flip(1)[:, : self.input_dim] / top.sqrt())
         return True
 
     def standardized(self, slots: list[torch.Tensor | None]) -> tuple[torch.Tensor, list[int]]:
-        """The pooled, standardised (and whitened) inputs [S, tokens, input_dim] (zeros where absent) and the
-        present slots."""
+        """The pooled, standardised inputs [S, tokens, in_dim] (zeros where absent) and the present slots."""
         present = [i for i, x in enumerate(slots) if x is not None]
         param = self.mlp[0].weight
-        out = param.new_zeros(len(slots), self.tokens, self.input_dim)
+        out = param.new_zeros(len(slots), self.tokens, param.shape[1])
         if present:
             pooled = torch.cat([self.pool(slots[i].unsqueeze(0).to(param.device, param.dtype)) for i in present])
-            standard = (pooled - self.feature_mean) / self.feature_std
-            out[present] = standard @ self.feature_whiten if hasattr(self, "feature_whiten") else standard
+            out[present] = (pooled - self.feature_mean) / self.feature_std
         return out, present
 
     def forward(self, slots: list[torch.Tensor | None], standard: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
