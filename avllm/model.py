@@ -341,7 +341,7 @@ def export_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16")
     `dtype`, leaving out optimizer states and logs. Training keeps float32 masters, but the starter
     computes in bfloat16, and its weights ship in the repo only at half the size. Returns the files."""
     src, dst = Path(src), Path(dst)
-    load_model_config(str(src))  # refuses a folder that is not a checkpoint
+    config = load_model_config(str(src))  # refuses a folder that is not a checkpoint
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r}: use one of {sorted(DTYPES)}")
     if dst.resolve() == src.resolve():
@@ -355,6 +355,9 @@ def export_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16")
             tensors = load_file(src / name)
             save_file({k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in tensors.items()},
                       dst / name, metadata={"format": "pt"})
+        elif name.name == "adapter_config.json":  # peft wrote this machine's path to the LLM; name it portably
+            adapter = json.loads((src / name).read_text())
+            (dst / name).write_text(json.dumps({**adapter, "base_model_name_or_path": config.llm}, indent=2))
         else:
             (dst / name).write_bytes((src / name).read_bytes())
     return [dst / name for name in files]

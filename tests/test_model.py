@@ -1,5 +1,6 @@
 """AVLLM on tiny random parts: interleave order, splice checks, streaming, save/load, 4-bit."""
 
+import json
 import time
 
 import numpy as np
@@ -214,6 +215,8 @@ def test_export_stores_the_trained_weights_in_half_precision(parts, tmp_path):
     for name in ("projectors.safetensors", "adapter/adapter_model.safetensors"):
         full, half = load_file(tmp_path / "ckpt" / name), load_file(tmp_path / "ship" / name)
         assert half.keys() == full.keys() and {v.dtype for v in half.values()} == {torch.bfloat16}
+    adapter = json.loads((tmp_path / "ship" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == model.config.llm and adapter["r"] == 4
     enc = encoded(model)
     shipped, trained = logits(AVLLM.from_pretrained(tmp_path / "ship", device="cpu"), enc), logits(model, enc)
     assert (shipped - trained).norm() / trained.norm() < 0.03  # bfloat16 rounding (~1%), nothing lost or misplaced
