@@ -37,6 +37,7 @@ def test_chat_on_real_clips(shared_clips, clip, audio_used, warning):
                            "--max-new-tokens", "16", "--json"], capture_output=True, text=True, env=env, check=True)
     report = json.loads(done.stdout)
     assert report["answer"] and report["model"] == "starter"
+    assert len(set(report["answer"].lower().split())) >= 3  # words, not one word repeated ("oops oops oops")
     assert report["audio_used"] is audio_used
     assert report["frames"] == (0 if clip.endswith(".flac") else 8)
     assert any("NO pretrained weights" in w for w in report["warnings"])
