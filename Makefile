@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
 # Reproduce weights/starter from scratch (synthetic data, align, instruct, export, then DPO and
-# three held-out evaluations): under 45 minutes of training on 2 CPU cores, then about 12
+# three held-out evaluations): under 45 minutes of training on 2 CPU cores, then 8 to 12
 # minutes per evaluation; the figures land in runs/eval-*.md.
 starter-weights: $(STAMP)
 	. $(VENV)/bin/activate && scripts/train-starter.sh
