@@ -82,7 +82,7 @@ class AVLLM(nn.Module):
             self.audio_proj = build_projector(config.projector, audio_encoder.dim, hidden,
                                               config.audio_tokens_per_slot, out_scale=scale)
             self.summary = ClipSummary(
-                (visual_encoder.dim, audio_encoder.dim), (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
+                (self.visual_proj.input_dim, self.audio_proj.input_dim), (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
                 hidden, config.summary_tokens, out_scale=scale) if config.summary_tokens else None
         for proj in self.projectors().values():
             proj.to(table.device, table.dtype)

@@ -259,6 +259,22 @@ def test_closing_the_stream_stops_generation(model, monkeypatch):
     assert time.perf_counter() - start < 2
 
 
+def test_visual_tokens_hold_the_mean_and_the_max_of_their_region_and_audio_tokens_the_mean():
+    from avllm.projector.mlp_pool import MLPPoolProjector
+
+    visual = MLPPoolProjector(in_dim=3, out_dim=8, tokens=4, grid=(4, 4))
+    patches = torch.zeros(1, 16, 3)
+    patches[0, 0, 0] = 8.0  # one bright patch in the top-left 2x2 region
+    pooled = visual.pool(patches)
+    assert pooled.shape == (1, 4, 6) and visual.input_dim == 6
+    assert pooled[0, 0].tolist() == [2.0, 0.0, 0.0, 8.0, 0.0, 0.0]  # mean over 4 patches, then max
+    assert not pooled[0, 1:].any()
+    audio = MLPPoolProjector(in_dim=3, out_dim=8, tokens=2)
+    frames = torch.arange(12.0).view(1, 4, 3)
+    torch.testing.assert_close(audio.pool(frames), torch.tensor([[[1.5, 2.5, 3.5], [7.5, 8.5, 9.5]]]))
+    assert audio.input_dim == 3
+
+
 def test_fitted_projector_inputs_are_standardised():
     from avllm.projector.mlp_pool import MLPPoolProjector
 

@@ -1,8 +1,14 @@
-"""Average-pool a slot's features to a fixed token budget, standardise, then a two-layer MLP
+"""Pool a slot's features to a fixed token budget, standardise, then a two-layer MLP
 (LLaVA-1.5 style).
 
-Visual patch tokens are pooled on their 2-D grid, audio frames along time. A slot with
-nothing to show (no audio track, audio ended, no picture) gets a learned "absent"
+Audio frames are averaged along time. Visual patch tokens are pooled on their 2-D grid, and
+each pooled token holds both the mean and the maximum of its region (side by side, twice the
+encoder's width): the mean alone washes out a small object. Linear probes on the starter's
+random-CLIP tokens of one frame pooled to 2x2 (585 synthetic training clips, 102 held-out):
+shape 0.72 with the mean, 0.87 with mean and max; number of shapes 0.89 and 0.93. Averaged
+over a clip's 8 frames, mean and max read shape at 0.99 and number at 1.00.
+
+A slot with nothing to show (no audio track, audio ended, no picture) gets a learned "absent"
 embedding, so the token count per slot never changes and the LLM is told plainly.
 
 The pooled features are standardised per dimension with statistics fitted once on the
@@ -37,20 +43,21 @@ class MLPPoolProjector(nn.Module):
         super().__init__()
         self.tokens = tokens
         self.grid = grid
-        self.register_buffer("feature_mean", torch.zeros(in_dim))  # identity until fit_input_stats
-        self.register_buffer("feature_std", torch.ones(in_dim))
-        self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        self.input_dim = 2 * in_dim if grid is not None else in_dim  # visual: mean and max of each region
+        self.register_buffer("feature_mean", torch.zeros(self.input_dim))  # identity until fit_input_stats
+        self.register_buffer("feature_std", torch.ones(self.input_dim))
+        self.mlp = nn.Sequential(nn.Linear(self.input_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
         self.out_norm = nn.RMSNorm(out_dim)
         nn.init.constant_(self.out_norm.weight, out_scale)
         self.absent = nn.Parameter(torch.randn(tokens, out_dim) * out_scale)
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
-        """[S, N, D] -> [S, tokens, D]; on the patch grid when there is one."""
-        if self.grid is not None:
-            s, n, d = features.shape
-            x = features.transpose(1, 2).reshape(s, d, *self.grid)
-            return F.adaptive_avg_pool2d(x, grid_shape(self.tokens)).flatten(2).transpose(1, 2)
-        return F.adaptive_avg_pool1d(features.transpose(1, 2), self.tokens).transpose(1, 2)
+        """[S, N, D] -> [S, tokens, input_dim]: on the patch grid the mean and the max, else the mean."""
+        if self.grid is None:
+            return F.adaptive_avg_pool1d(features.transpose(1, 2), self.tokens).transpose(1, 2)
+        x = features.transpose(1, 2).reshape(features.shape[0], features.shape[2], *self.grid)
+        size = grid_shape(self.tokens)
+        return torch.cat([F.adaptive_avg_pool2d(x, size), F.adaptive_max_pool2d(x, size)], dim=1).flatten(2).transpose(1, 2)
 
     @torch.no_grad()
     def fit_input_stats(self, slots: list[torch.Tensor | None]) -> bool:
@@ -65,7 +72,7 @@ class MLPPoolProjector(nn.Module):
         return True
 
     def standardized(self, slots: list[torch.Tensor | None]) -> tuple[torch.Tensor, list[int]]:
-        """The pooled, standardised inputs [S, tokens, in_dim] (zeros where absent) and the present slots."""
+        """The pooled, standardised inputs [S, tokens, input_dim] (zeros where absent) and the present slots."""
         present = [i for i, x in enumerate(slots) if x is not None]
         param = self.mlp[0].weight
         out = param.new_zeros(len(slots), self.tokens, param.shape[1])
