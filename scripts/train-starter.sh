@@ -39,7 +39,7 @@ open("runs/synth/train/instruct-mix.jsonl", "w").write("\n".join(sessions + chat
 print(f"instruct-mix.jsonl: {len(sessions)} sessions and {len(chats)} open chats")
 PY
 stage instruct avllm train sft --config configs/train/starter-instruct.yaml
-# What ships: the SFT weights alone, in bfloat16 (about 9.9 MB). The DPO stage below is run and
+# What ships: the SFT weights alone, in bfloat16 (about 9.6 MB). The DPO stage below is run and
 # measured but not shipped: on the sessions-only SFT it raised the hallucination rate (50.7% to 69.3%).
 rm -rf weights/starter
 stage export avllm export --model runs/starter-instruct --out weights/starter
