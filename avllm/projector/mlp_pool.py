@@ -75,7 +75,7 @@ class MLPPoolProjector(nn.Module):
         """The pooled, standardised inputs [S, tokens, input_dim] (zeros where absent) and the present slots."""
         present = [i for i, x in enumerate(slots) if x is not None]
         param = self.mlp[0].weight
-        out = param.new_zeros(len(slots), self.tokens, param.shape[1])
+        out = param.new_zeros(len(slots), self.tokens, self.input_dim)
         if present:
             pooled = torch.cat([self.pool(slots[i].unsqueeze(0).to(param.device, param.dtype)) for i in present])
             out[present] = (pooled - self.feature_mean) / self.feature_std
