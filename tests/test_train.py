@@ -127,6 +127,29 @@ def test_align_trains_projectors_only(tmp_path, tiny_preset, dataset_dir):
     assert all(p.requires_grad for p in model.visual_proj.parameters())
 
 
+def test_bf16_recipe_feeds_lora_bf16_inputs_and_matches_fp32(tmp_path, tiny_preset, dataset_dir):
+    """Under autocast peft's casts of each LoRA input to float32 are pure copies, so a bf16 recipe
+    turns them off; the loss must still match the float32 recipe's, and the adapter's float32
+    weights must still get gradients."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        model = build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, precision=precision)))
+        layers = [m for m in model.llm.modules() if isinstance(m, BaseTunerLayer)]
+        assert layers and all(m.cast_input_dtype_enabled == (precision == "fp32") for m in layers)
+        data = InstructionDataset(load(str(dataset_dir / "train.jsonl"), "instruction"),
+                                  FeatureCache(model, tmp_path / "features"), model, 512)
+        batch = Collator(model.tokenizer.pad_token_id)([data[0], data[1]])
+        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"]).loss
+        loss.backward()
+        grads = [p.grad for n, p in model.llm.named_parameters() if "lora_B" in n]
+        assert grads and all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
+        losses[precision] = loss.item()
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
+
+
 def train_cli(config: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "avllm.cli", "train", "sft", "--config", str(config), *extra],

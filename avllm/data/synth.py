@@ -18,7 +18,7 @@ Files written in DIR: clips/*.mp4, clips.jsonl (the facts), instructions.jsonl,
 sessions.jsonl, preferences.jsonl, qa.jsonl, probes.jsonl and synth.json (settings and counts).
 
 sessions.jsonl holds the multiple-choice records of instructions.jsonl regrouped for training:
-all of a clip's questions as one chat (the description last), in SESSION_ORDERS orders. The
+all of a clip's questions as one chat, in SESSION_ORDERS orders (see `sessions`). The
 clip's tokens are then paid for once per seven answers instead of once per answer: on the 2-core
 CPU, 150 LoRA steps on the multiple-choice records packed per clip (19 min) gave the starter 57%
 on 300 held-out questions, where 450 steps on the single records (26 min) gave 50% on 399.
@@ -180,11 +180,27 @@ def clip_records(f: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         pref.append({"id": f"{f['id']}-pref{i}", **base, "target": q.target, "family": q.family, "kind": q.kind,
                      "prompt": [_user(q.question if q.family != "describe" else "Describe what you see and hear.")],
                      "chosen": q.sentence, "rejected": q.wrong})
-    # The description last: it names the count, colour, shape and sound, and would give them away.
-    words = [r for r in ins if r["style"] == "choice" and r["family"] != "describe"]
-    described = [r for r in ins if r["family"] == "describe"]
+    out["sessions"] = sessions(f["id"], ins, rng)
+    return out
+
+
+def sessions(clip_id: str, records: list[dict[str, Any]], rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The clip's choice questions as SESSION_ORDERS chats, each in a new order.
+
+    The eval asks each question alone, right after the clip, so every session puts a different
+    kind of question first: a yes/no probe (the only yes/no question the instruct stage sees;
+    without one the starter said "yes" to 86.7% of the absent things it was asked about), then
+    the description, then a plain one. The description otherwise comes last: it names the count,
+    colour, shape and sound and would give them away (trained only there, the starter answered
+    it alone at 36/60: it had learnt to copy the earlier answers rather than to look)."""
+    words = [r for r in records if r["style"] == "choice" and r["family"] != "describe"]
+    described = [r for r in records if r["family"] == "describe"]
+    probes = [r for r in records if r["style"] == "yes-no"]
+    out = []
     for k in range(SESSION_ORDERS):
-        out["sessions"].append(session([words[i] for i in rng.permutation(len(words))] + described, f"{f['id']}-session{k}"))
+        shuffled = [words[i] for i in rng.permutation(len(words))]
+        first = [probes[int(rng.integers(len(probes)))]] if k == 0 and probes else described if k == 1 else []
+        out.append(session(first + shuffled + [r for r in described if r not in first], f"{clip_id}-session{k}"))
     return out
 
 

@@ -1,0 +1,65 @@
+"""Time one training step (forward and backward) of a recipe at each precision, on the same batches.
+
+Builds the stage's model the way `avllm train sft` does (so bf16 gets the same autocast and
+the same LoRA input handling), reads the clips from the feature cache, and prints per precision
+the seconds of each batch, their median, and the losses (which should agree to a few digits).
+Build the cache first with `avllm features --data DATA`.
+
+    python bench/train_step.py [--config configs/train/starter-instruct.yaml] [--data FILE]
+                               [--model CHECKPOINT] [--batches 4] [--precisions fp32 bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+
+from avllm.config import load_train_config
+from avllm.data import formats
+from avllm.data.dataset import Collator, InstructionDataset
+from avllm.train.common import build_model, feature_cache
+
+
+def time_steps(config: str, overrides: dict, batches: int) -> tuple[list[float], list[float]]:
+    cfg = load_train_config(config, overrides)
+    model = build_model(cfg)
+    records = formats.load(cfg.data, "instruction")[: batches * cfg.batch_size]
+    data = InstructionDataset(records, feature_cache(model, cfg), model, cfg.max_length)
+    collate = Collator(model.tokenizer.pad_token_id)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    seconds, losses = [], []
+    for i in range(batches):
+        batch = collate([data[j] for j in range(i * cfg.batch_size, (i + 1) * cfg.batch_size)])
+        autocast = torch.autocast("cpu", torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+        start = time.perf_counter()
+        with autocast:
+            loss = model(batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"]).loss
+        loss.backward()
+        seconds.append(time.perf_counter() - start)
+        losses.append(loss.item())
+        for p in trained:
+            p.grad = None
+    return seconds, losses
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/train/starter-instruct.yaml")
+    ap.add_argument("--data", default=None, help="records to batch (default: the recipe's data)")
+    ap.add_argument("--model", default=None, help="checkpoint to start from (default: the recipe's model)")
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    args = ap.parse_args()
+    base = {k: v for k, v in (("data", args.data), ("model", args.model)) if v}
+    for precision in args.precisions:
+        seconds, losses = time_steps(args.config, {**base, "precision": precision}, args.batches)
+        print(f"{precision}: step s {[round(s, 2) for s in seconds]}, median {statistics.median(seconds):.2f}; "
+              f"loss {[round(x, 4) for x in losses]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
