@@ -65,8 +65,8 @@ def prepare_for_stage(model: AVLLM, cfg: TrainConfig) -> AVLLM:
         model.add_lora()
         if cfg.precision != "fp32":
             # peft casts each LoRA layer's input to the adapter's float32 and back; under autocast the
-            # matmuls run in bf16/fp16 anyway, so the casts are pure copies (a seventh of a starter
-            # step on the CPU: 8 sessions took 8.5 s with them, 6.5 s without; bench/train_step.py)
+            # matmuls run in bf16/fp16 anyway, so the casts are pure copies (copies were 14% of a
+            # profiled starter step on the CPU; bench/train_step.py times both precisions)
             from peft.tuners.tuners_utils import BaseTunerLayer
 
             for module in model.llm.modules():
