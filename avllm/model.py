@@ -336,10 +336,26 @@ class AVLLM(nn.Module):
             raise failure[0]
 
 
+def fold_input_whitening(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Projector weights with each input whitening matrix folded into the linear layers that read the
+    whitened inputs (the projector's first layer and the summary's squeeze): x @ W then A is x then
+    A @ W.T. The same outputs, without a [D, D] matrix per stream (4.7 MB for the starter's CLIP)."""
+    out = dict(tensors)
+    for index, name in enumerate(("visual", "audio")):  # the summary's squeeze layers, in this order
+        whiten = out.pop(f"{name}.feature_whiten", None)
+        if whiten is None:
+            continue
+        for key in (f"{name}.mlp.0.weight", f"summary.squeeze.{index}.weight"):
+            if key in out:
+                out[key] = (out[key].double() @ whiten.double().T).to(out[key].dtype)
+    return out
+
+
 def export_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16") -> list[Path]:
     """Copy what a checkpoint trained (config, projectors, LoRA adapter) with the weights stored in
     `dtype`, leaving out optimizer states and logs. Training keeps float32 masters, but the starter
-    computes in bfloat16, and its weights ship in the repo only at half the size. Returns the files."""
+    computes in bfloat16, and its weights ship in the repo only at half the size; the input whitening
+    is folded into the projectors' weights. Returns the files."""
     src, dst = Path(src), Path(dst)
     config = load_model_config(str(src))  # refuses a folder that is not a checkpoint
     if dtype not in DTYPES:
@@ -353,6 +369,7 @@ def export_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16")
         (dst / name).parent.mkdir(parents=True, exist_ok=True)
         if name.suffix == ".safetensors":
             tensors = load_file(src / name)
+            tensors = fold_input_whitening(tensors) if name.name == PROJECTOR_FILE else tensors
             save_file({k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in tensors.items()},
                       dst / name, metadata={"format": "pt"})
         elif name.name == "adapter_config.json":  # peft wrote this machine's path to the LLM; name it portably

@@ -212,14 +212,21 @@ def test_export_stores_the_trained_weights_in_half_precision(parts, tmp_path):
     assert sorted(str(f.relative_to(tmp_path / "ship")) for f in files) == sorted(
         ["avllm_config.json", "projectors.safetensors", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"])
     assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["adapter", "avllm_config.json", "projectors.safetensors"]
+    whitening = {"visual.feature_whiten", "audio.feature_whiten"}  # folded into the layers that read them
     for name in ("projectors.safetensors", "adapter/adapter_model.safetensors"):
         full, half = load_file(tmp_path / "ckpt" / name), load_file(tmp_path / "ship" / name)
-        assert half.keys() == full.keys() and {v.dtype for v in half.values()} == {torch.bfloat16}
+        assert half.keys() == full.keys() - whitening and {v.dtype for v in half.values()} == {torch.bfloat16}
+    assert whitening <= load_file(tmp_path / "ckpt" / "projectors.safetensors").keys()
     adapter = json.loads((tmp_path / "ship" / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == model.config.llm and adapter["r"] == 4
     enc = encoded(model)
-    shipped, trained = logits(AVLLM.from_pretrained(tmp_path / "ship", device="cpu"), enc), logits(model, enc)
+    ship = AVLLM.from_pretrained(tmp_path / "ship", device="cpu")
+    assert ship.visual_proj.feature_whiten is None and ship.audio_proj.feature_whiten is None
+    with torch.no_grad():  # the media tokens, the summary's included, survive the fold
+        shipped, trained = ship.media_embeds(enc).float(), model.media_embeds(enc).float()
     assert (shipped - trained).norm() / trained.norm() < 0.03  # bfloat16 rounding (~1%), nothing lost or misplaced
+    shipped, trained = logits(ship, enc), logits(model, enc)
+    assert (shipped - trained).norm() / trained.norm() < 0.05  # more: the whitening was fitted on one clip
     with pytest.raises(ConfigError, match="another folder"):
         export_checkpoint(tmp_path / "ckpt", tmp_path / "ckpt")
     with pytest.raises(ConfigError, match="dtype"):
@@ -289,3 +296,22 @@ def test_fitted_projector_inputs_are_standardised():
     before = proj.feature_mean.clone()
     assert not proj.fit_input_stats([None, None])  # nothing of this kind: left as it was
     assert torch.equal(proj.feature_mean, before)
+
+
+def test_fitted_projector_inputs_are_whitened():
+    """Inputs sharing a strong common component (correlation 0.8) come out with every direction at
+    about unit variance: the shrinkage (0.1) keeps the weakest at 0.2 / 0.3 of it."""
+    from avllm.projector.mlp_pool import MLPPoolProjector
+
+    proj = MLPPoolProjector(in_dim=6, out_dim=8, tokens=2)
+    gen = torch.Generator().manual_seed(0)
+    slots = [torch.randn(10, 6, generator=gen) + 2 * torch.randn(10, 1, generator=gen) for _ in range(200)]
+    pooled = torch.cat([proj.pool(x.unsqueeze(0)) for x in slots]).flatten(0, 1)
+    assert proj.feature_whiten is None
+    raw = torch.linalg.eigvalsh(torch.cov(pooled.T))
+    assert raw.max() / raw.min() > 10
+    assert proj.fit_input_stats(slots)
+    inputs, present = proj.standardized(slots)
+    assert present == list(range(200))
+    white = torch.linalg.eigvalsh(torch.cov(inputs.flatten(0, 1).T))
+    assert white.min() > 0.55 and white.max() < 1.0 and white.max() / white.min() < 1.8
