@@ -138,8 +138,9 @@ def test_bf16_recipe_feeds_lora_bf16_inputs_and_matches_fp32(tmp_path, tiny_pres
         model = build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, precision=precision)))
         layers = [m for m in model.llm.modules() if isinstance(m, BaseTunerLayer)]
         assert layers and all(m.cast_input_dtype_enabled == (precision == "fp32") for m in layers)
-        data = InstructionDataset(load(str(dataset_dir / "train.jsonl"), "instruction"),
-                                  FeatureCache(model, tmp_path / "features"), model, 512)
+        cache = FeatureCache(model, tmp_path / "features")
+        data = InstructionDataset(load(str(dataset_dir / "train.jsonl"), "instruction"), cache, model, 512)
+        model.fit_projector_inputs([cache.get(record.media) for record, _ in data.examples])  # whitened inputs too
         batch = Collator(model.tokenizer.pad_token_id)([data[0], data[1]])
         with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
             loss = model(batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"]).loss

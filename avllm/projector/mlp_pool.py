@@ -101,7 +101,8 @@ class MLPPoolProjector(nn.Module):
         if present:
             pooled = torch.cat([self.pool(slots[i].unsqueeze(0).to(param.device, param.dtype)) for i in present])
             standard = (pooled - self.feature_mean) / self.feature_std
-            out[present] = standard @ self.feature_whiten if self.feature_whiten is not None else standard
+            white = standard @ self.feature_whiten if self.feature_whiten is not None else standard
+            out[present] = white.to(out.dtype)  # autocast runs the matmul in bf16
         return out, present
 
     def forward(self, slots: list[torch.Tensor | None], standard: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
