@@ -248,16 +248,19 @@ class AVLLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip], labels: torch.Tensor | None = None) -> Any:
         """Without labels, the LLM's output. With labels, the next-token loss averaged within each
-        assistant answer, then over a conversation's answers, then over the conversations
-        (`answer_weights`). Logits are computed only at labelled positions: the vocabulary
-        projection is about a fifth of a small LLM's work, and most positions (the media, the
-        question) carry no label.
+        conversation, then over the conversations, so that every conversation weighs the same: with
+        a plain token mean, a 10-token description outweighs a one-word answer ten times. Logits are
+        computed only at labelled positions: the vocabulary projection is about a fifth of a small
+        LLM's work, and most positions (the media, the question) carry no label.
         """
         if labels is None:
             return self.llm(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask)
         logits, targets, keep = self.label_logits(input_ids, attention_mask, media, labels)
         token_loss = F.cross_entropy(logits, targets, reduction="none")
-        return CausalLMOutputWithPast(loss=(token_loss * answer_weights(keep)).sum(), logits=logits)
+        sums = token_loss.new_zeros(len(labels)).index_add(0, keep.nonzero()[:, 0], token_loss)
+        counts = keep.sum(1)
+        loss = (sums[counts > 0] / counts[counts > 0]).mean()
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     def label_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip],
                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -331,20 +334,6 @@ class AVLLM(nn.Module):
             hook.remove()
         if failure:
             raise failure[0]
-
-
-def answer_weights(keep: torch.Tensor) -> torch.Tensor:
-    """The loss weight of each labelled position (keep's True entries, row by row) that makes every
-    conversation weigh the same, and within it every assistant answer (a run of labelled positions).
-    With a plain token mean, a session's 30-token description outweighs each one-word answer 15
-    times (the word and the end of the turn), and the answers that need a fine look at the clip
-    (which shape, which way it moves) get the least of the gradient."""
-    starts = keep & ~F.pad(keep, (1, 0))[:, :-1]  # the first position of each answer
-    answer = starts.flatten().cumsum(0).view_as(keep)[keep] - 1  # each labelled position's answer, 0-based
-    row = keep.nonzero()[:, 0]
-    answers_in_row = starts.sum(1)
-    weights = 1.0 / torch.bincount(answer).float()[answer] / answers_in_row[row].float()
-    return weights / int((answers_in_row > 0).sum())
 
 
 def fold_input_whitening(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -158,26 +158,6 @@ def test_each_conversation_weighs_the_same_in_the_loss(model):
     assert abs(float(alone[0] - alone[1])) > 1e-3  # the two rows differ, so a token mean would differ
 
 
-def test_each_answer_of_a_conversation_weighs_the_same_in_the_loss(model):
-    """Two answers in one conversation: the loss is the mean of each answer's loss alone (its
-    other answer's labels masked), whatever their lengths."""
-    enc = encoded(model)
-    messages = [{"role": "user", "content": with_video("what?")}, {"role": "assistant", "content": "Yes."},
-                {"role": "user", "content": "and then?"},
-                {"role": "assistant", "content": "A dog runs across the grass while a man speaks and music plays."}]
-    tokens = model.tokenize(messages, enc, add_generation_prompt=False)
-    ids, labels = torch.tensor([tokens.input_ids]), torch.tensor([tokens.labels])
-    labelled = (labels[0] != -100).nonzero()[:, 0]
-    gap = int((labelled.diff() > 1).nonzero()[0, 0]) + 1  # where the second answer's labels start
-    firsts, seconds = labelled[:gap], labelled[gap:]
-    assert len(seconds) > 3 * len(firsts)
-    with torch.no_grad():
-        loss = lambda lab: model(ids, torch.ones_like(ids), [enc], labels=lab).loss
-        alone = [loss(labels.index_fill(1, other, -100)) for other in (seconds, firsts)]
-        torch.testing.assert_close(loss(labels), torch.stack(alone).mean(), rtol=1e-4, atol=1e-4)
-    assert abs(float(alone[0] - alone[1])) > 1e-3  # the answers differ, so a token mean would differ
-
-
 def test_loss_ignores_everything_but_labels(model):
     enc = encoded(model)
     messages = [{"role": "user", "content": with_video("what?")}, {"role": "assistant", "content": "A dog."}]
