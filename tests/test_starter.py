@@ -48,7 +48,7 @@ def test_chat_on_real_clips(shared_clips, clip, audio_used, warning):
 
 def test_shipped_weights_name_the_colour_and_the_sound_of_clips_never_trained_on(tmp_path):
     """weights/starter holds the trained starter: on fresh synthetic clips (a seed no recipe uses)
-    it names the colour of the shapes and what is heard (14 of 15 here; the untrained preset 6)."""
+    it names the colour of the shapes and what is heard (15 of 15 here; the untrained preset 6)."""
     from avllm.config import REPO_ROOT
     from avllm.data.synth import synthesize
     from avllm.eval import AVLLMScorer, evaluate, make_task
