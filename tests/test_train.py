@@ -21,7 +21,7 @@ from avllm.data.dataset import Collator, InstructionDataset
 from avllm.data.formats import load
 from avllm.model import AVLLM
 from avllm.prompt import IGNORE_INDEX
-from avllm.train.common import build_model
+from avllm.train.common import build_model, last_complete_checkpoint
 from conftest import write_clip
 from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
@@ -181,6 +181,19 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_preset, 
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
 
+
+def test_resume_skips_checkpoints_a_kill_left_half_written(tmp_path):
+    """A kill -9 while Trainer saves leaves checkpoint-N without its trainer state (written last),
+    or with part of it: resuming from there crashed with FileNotFoundError (seen in CI)."""
+    for step, state in ((4, '{"global_step": 4}'), (8, None), (12, '{"global_st'), (100, None)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-7.tmp").mkdir()
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    (tmp_path / "checkpoint-100" / "trainer_state.json").write_text('{"global_step": 100}')
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-100")  # by number, not by name
+    assert last_complete_checkpoint(tmp_path / "missing") is None
 
 
 def test_recipe_numbers_written_without_a_dot_are_numbers():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 import yaml
 from torch import nn
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 
 from ..config import LoraConfig, ModelConfig, TrainConfig, load_model_config, to_dict
 from ..data.cache import FeatureCache
@@ -177,13 +178,26 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
     )
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint-N in folder whose trainer state reads back. Trainer writes that file
+    last, so a run killed while saving leaves a folder without it (or with half of it): skipped."""
+    found = [(int(m.group(1)), path) for path in folder.glob("checkpoint-*")
+             if path.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", path.name))]
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / TRAINER_STATE_NAME).read_text())
+            return str(path)
+        except (OSError, ValueError):
+            log.warning("skipping %s: incomplete (the run was killed while saving it)", path)
+    return None
+
+
 def resume_point(cfg: TrainConfig, resume: str | None) -> str | None:
     """`auto`: the newest checkpoint in output_dir, if a run was interrupted; `none`: start over."""
     if resume in (None, "none"):
         return None
     if resume == "auto":
-        folder = Path(cfg.output_dir)
-        return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        return last_complete_checkpoint(Path(cfg.output_dir))
     if not Path(resume).is_dir():
         raise ConfigError(f"--resume {resume}: no such checkpoint folder")
     return resume
