@@ -1,4 +1,5 @@
-"""Time one training step (forward and backward) of a recipe at each precision, on the same batches.
+"""Time one training step (forward and backward) of a recipe at each precision and attention
+kernel, on the same batches.
 
 Builds the stage's model the way `avllm train sft` does (so bf16 gets the same autocast and
 the same LoRA input handling), reads the clips from the feature cache, and prints per precision
@@ -7,12 +8,14 @@ Build the cache first with `avllm features --data DATA`.
 
     python bench/train_step.py [--config configs/train/starter-instruct.yaml] [--data FILE]
                                [--model CHECKPOINT] [--batches 4] [--precisions fp32 bf16]
+                               [--attention eager sdpa]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
 import time
 
@@ -53,11 +56,12 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="checkpoint to start from (default: the recipe's model)")
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--attention", nargs="+", default=["auto"], help="the LLM's attention kernels: auto, eager, sdpa")
     args = ap.parse_args()
     base = {k: v for k, v in (("data", args.data), ("model", args.model)) if v}
-    for precision in args.precisions:
-        seconds, losses = time_steps(args.config, {**base, "precision": precision}, args.batches)
-        print(f"{precision}: step s {[round(s, 2) for s in seconds]}, median {statistics.median(seconds):.2f}; "
+    for precision, attention in itertools.product(args.precisions, args.attention):
+        seconds, losses = time_steps(args.config, {**base, "precision": precision, "attention": attention}, args.batches)
+        print(f"{precision}, {attention} attention: step s {[round(s, 2) for s in seconds]}, median {statistics.median(seconds):.2f}; "
               f"loss {[round(x, 4) for x in losses]}", flush=True)
 
 

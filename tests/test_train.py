@@ -151,6 +151,22 @@ def test_bf16_recipe_feeds_lora_bf16_inputs_and_matches_fp32(tmp_path, tiny_pres
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
 
 
+def test_attention_kernels_agree_and_auto_picks_eager_on_the_cpu(tmp_path, tiny_preset, dataset_dir):
+    """The recipe's attention setting reaches the LLM, and both kernels give one loss on a padded batch."""
+    losses = {}
+    for attention in ("auto", "sdpa"):
+        torch.manual_seed(0)  # the same fresh adapter and projectors
+        model = build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, attention=attention)))
+        assert model.llm.get_base_model().config._attn_implementation == ("eager" if attention == "auto" else "sdpa")
+        data = InstructionDataset(load(str(dataset_dir / "train.jsonl"), "instruction"),
+                                  FeatureCache(model, tmp_path / "features"), model, 512)
+        batch = Collator(model.tokenizer.pad_token_id)([data[0], data[2]])  # two lengths: padding
+        losses[attention] = model(batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"]).loss.item()
+    assert losses["auto"] == pytest.approx(losses["sdpa"], rel=1e-4)
+    with pytest.raises(ConfigError, match="attention 'flash': use auto, eager or sdpa"):
+        build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, attention="flash")))
+
+
 def train_cli(config: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "avllm.cli", "train", "sft", "--config", str(config), *extra],
