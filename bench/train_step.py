@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="checkpoint to start from (default: the recipe's model)")
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    ap.add_argument("--attention", nargs="+", default=["auto"], help="the LLM's attention kernels: auto, eager, sdpa")
+    ap.add_argument("--attention", nargs="+", default=["sdpa"], help="the LLM's attention kernels: sdpa, eager")
     args = ap.parse_args()
     base = {k: v for k, v in (("data", args.data), ("model", args.model)) if v}
     for precision, attention in itertools.product(args.precisions, args.attention):

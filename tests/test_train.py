@@ -151,19 +151,19 @@ def test_bf16_recipe_feeds_lora_bf16_inputs_and_matches_fp32(tmp_path, tiny_pres
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
 
 
-def test_attention_kernels_agree_and_auto_picks_eager_on_the_cpu(tmp_path, tiny_preset, dataset_dir):
+def test_attention_kernels_agree_and_the_setting_reaches_the_llm(tmp_path, tiny_preset, dataset_dir):
     """The recipe's attention setting reaches the LLM, and both kernels give one loss on a padded batch."""
     losses = {}
-    for attention in ("auto", "sdpa"):
+    for attention in ("eager", "sdpa"):
         torch.manual_seed(0)  # the same fresh adapter and projectors
         model = build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, attention=attention)))
-        assert model.llm.get_base_model().config._attn_implementation == ("eager" if attention == "auto" else "sdpa")
+        assert model.llm.get_base_model().config._attn_implementation == attention
         data = InstructionDataset(load(str(dataset_dir / "train.jsonl"), "instruction"),
                                   FeatureCache(model, tmp_path / "features"), model, 512)
         batch = Collator(model.tokenizer.pad_token_id)([data[0], data[2]])  # two lengths: padding
         losses[attention] = model(batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"]).loss.item()
-    assert losses["auto"] == pytest.approx(losses["sdpa"], rel=1e-4)
-    with pytest.raises(ConfigError, match="attention 'flash': use auto, eager or sdpa"):
+    assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-4)
+    with pytest.raises(ConfigError, match="attention 'flash': use sdpa or eager"):
         build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, attention="flash")))
 
 

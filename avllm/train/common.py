@@ -32,23 +32,14 @@ STATS_CLIPS = 256  # clips sampled to fit fresh projectors' input standardisatio
 
 def build_model(cfg: TrainConfig) -> AVLLM:
     """The model a stage starts from: the preset or checkpoint named by cfg.model, prepared for the stage."""
-    device = default_device()
-    model = prepare_for_stage(AVLLM.from_config(stage_model_config(cfg), device), cfg)
+    if cfg.attention not in ("sdpa", "eager"):
+        raise ConfigError(f"attention {cfg.attention!r}: use sdpa or eager")
+    model = prepare_for_stage(AVLLM.from_config(stage_model_config(cfg), default_device()), cfg)
     base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
-    base.set_attn_implementation(attention_kernel(cfg, device))
+    base.set_attn_implementation(cfg.attention)
     if starts_from_checkpoint(cfg):
         model.load_trainable(cfg.model)
     return model
-
-
-def attention_kernel(cfg: TrainConfig, device: str) -> str:
-    """auto: eager on the CPU, where PyTorch's sdpa kernel is the slower one (bench/train_step.py:
-    a starter instruct step 10% faster, the same loss), sdpa on GPUs, where it is the faster."""
-    if cfg.attention not in ("auto", "eager", "sdpa"):
-        raise ConfigError(f"attention {cfg.attention!r}: use auto, eager or sdpa")
-    if cfg.attention != "auto":
-        return cfg.attention
-    return "eager" if torch.device(device).type == "cpu" else "sdpa"
 
 
 def stage_model_config(cfg: TrainConfig) -> ModelConfig:
