@@ -3,7 +3,8 @@ kernel, on the same batches.
 
 Builds the stage's model the way `avllm train sft` does (so bf16 gets the same autocast and
 the same LoRA input handling), reads the clips from the feature cache, and prints per precision
-the seconds of each batch, their median, and the losses (which should agree to a few digits).
+and kernel the seconds of each batch, their median, and the losses (which should agree to a few
+digits).
 Build the cache first with `avllm features --data DATA`.
 
     python bench/train_step.py [--config configs/train/starter-instruct.yaml] [--data FILE]

@@ -35,8 +35,7 @@ def build_model(cfg: TrainConfig) -> AVLLM:
     if cfg.attention not in ("sdpa", "eager"):
         raise ConfigError(f"attention {cfg.attention!r}: use sdpa or eager")
     model = prepare_for_stage(AVLLM.from_config(stage_model_config(cfg), default_device()), cfg)
-    base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
-    base.set_attn_implementation(cfg.attention)
+    model.llm.set_attn_implementation(cfg.attention)  # a peft wrapper passes it to the LLM
     if starts_from_checkpoint(cfg):
         model.load_trainable(cfg.model)
     return model
