@@ -193,7 +193,6 @@ class TrainConfig:
     precision: str = "bf16"  # bf16, fp16 (CUDA only) or fp32
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # the LLM's attention kernel: sdpa, or eager (faster on the CPU, but see the README)
-    loss_weighting: str = "conversation"  # SFT: each conversation weighs the same, its tokens alike; "answer": each answer too
     logging_steps: int = 10
     save_steps: int = 100  # a resumable checkpoint every this many steps
     save_total_limit: int = 2

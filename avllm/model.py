@@ -246,20 +246,20 @@ class AVLLM(nn.Module):
             )
         return embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), media_embeds.to(embeds.dtype))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip], labels: torch.Tensor | None = None,
-                per_answer: bool = False) -> Any:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip], labels: torch.Tensor | None = None) -> Any:
         """Without labels, the LLM's output. With labels, the next-token loss averaged within each
         conversation, then over the conversations, so that every conversation weighs the same: with
-        a plain token mean, a 10-token description outweighs a one-word answer ten times. With
-        per_answer, every answer within a conversation weighs the same too (see `label_weights`).
-        Logits are computed only at labelled positions: the vocabulary projection is about a fifth
-        of a small LLM's work, and most positions (the media, the question) carry no label.
+        a plain token mean, a 10-token description outweighs a one-word answer ten times. Logits are
+        computed only at labelled positions: the vocabulary projection is about a fifth of a small
+        LLM's work, and most positions (the media, the question) carry no label.
         """
         if labels is None:
             return self.llm(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask)
         logits, targets, keep = self.label_logits(input_ids, attention_mask, media, labels)
         token_loss = F.cross_entropy(logits, targets, reduction="none")
-        loss = (token_loss * label_weights(keep, per_answer)).sum() / keep.any(1).sum()
+        sums = token_loss.new_zeros(len(labels)).index_add(0, keep.nonzero()[:, 0], token_loss)
+        counts = keep.sum(1)
+        loss = (sums[counts > 0] / counts[counts > 0]).mean()
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     def label_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip],
@@ -334,21 +334,6 @@ class AVLLM(nn.Module):
             hook.remove()
         if failure:
             raise failure[0]
-
-
-def label_weights(keep: torch.Tensor, per_answer: bool = False) -> torch.Tensor:
-    """Each labelled token's share of its conversation's loss, for the K kept positions of a
-    [B, L] mask: 1 / the conversation's labelled tokens, or with per_answer 1 / (its answers x
-    the answer's tokens), an answer being a run of labelled positions. Per answer, a one-word
-    answer about the direction of motion weighs as much as a sentence that describes the clip,
-    whose many tokens (times, words) would otherwise drown it (README, training).
-    """
-    rows = keep.nonzero()[:, 0]
-    starts = keep & ~torch.cat([keep.new_zeros(len(keep), 1), keep[:, :-1]], dim=1)
-    answer = starts.cumsum(1)[keep] if per_answer else torch.zeros_like(rows)
-    _, inverse, tokens = torch.unique(rows * keep.shape[1] + answer, return_inverse=True, return_counts=True)
-    answers = starts.sum(1) if per_answer else keep.any(1).long()
-    return 1.0 / (tokens[inverse] * answers[rows]).float()
 
 
 def fold_input_whitening(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

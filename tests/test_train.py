@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
@@ -22,8 +21,7 @@ from avllm.data.dataset import Collator, InstructionDataset
 from avllm.data.formats import load
 from avllm.model import AVLLM
 from avllm.prompt import IGNORE_INDEX
-from avllm.train.common import TrainableAVLLM, build_model, last_complete_checkpoint
-from avllm.train.sft import run_sft
+from avllm.train.common import build_model, last_complete_checkpoint
 from conftest import write_clip
 from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
@@ -167,44 +165,6 @@ def test_attention_kernels_agree_and_the_setting_reaches_the_llm(tmp_path, tiny_
     assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-4)
     with pytest.raises(ConfigError, match="attention 'flash': use sdpa or eager"):
         build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, attention="flash")))
-
-
-def test_loss_per_answer_weighs_every_answer_alike(tmp_path, tiny_preset, dataset_dir):
-    """loss_weighting conversation: the mean over conversations of their token means; answer: the
-    mean over conversations of the mean over their answers of each answer's token mean."""
-    record = {"id": "two-answers", "media": "clip0.mp4", "conversations": [
-        {"role": "user", "content": "<video>\nWhat do you hear?"},
-        {"role": "assistant", "content": "A low tone, steady from the start of the clip to its end."},
-        {"role": "user", "content": "High or low?"}, {"role": "assistant", "content": "Low."}]}
-    path = dataset_dir / "two-answers.jsonl"
-    path.write_text(json.dumps(record) + "\n")
-    model = build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir)))
-    records = load(str(path), "instruction") + load(str(dataset_dir / "train.jsonl"), "instruction")
-    data = InstructionDataset(records, FeatureCache(model, tmp_path / "features"), model, 512)
-    batch = Collator(model.tokenizer.pad_token_id)([data[0], data[1]])
-    args = batch["input_ids"], batch["attention_mask"], batch["media"]
-    with torch.no_grad():
-        logits, targets, keep = model.label_logits(*args, batch["labels"])
-        token_loss = iter(F.cross_entropy(logits, targets, reduction="none").tolist())
-        answers = [[], []]  # per conversation, per answer (a run of labelled positions): token losses
-        for row, kept in enumerate(keep.tolist()):
-            for i, k in enumerate(kept):
-                if k and (i == 0 or not kept[i - 1]):
-                    answers[row].append([])
-                if k:
-                    answers[row][-1].append(next(token_loss))
-        assert [len(a) for a in answers] == [2, 1] and len(answers[0][0]) > 3 * len(answers[0][1])
-
-        def mean(xs):
-            return sum(xs) / len(xs)
-
-        per_answer = mean([mean([mean(a) for a in conv]) for conv in answers])
-        per_conversation = mean([mean([x for a in conv for x in a]) for conv in answers])
-        assert model(*args, labels=batch["labels"]).loss.item() == pytest.approx(per_conversation, rel=1e-5)
-        assert TrainableAVLLM(model, per_answer=True)(*args, labels=batch["labels"]).loss.item() == pytest.approx(per_answer, rel=1e-5)
-        assert per_answer != pytest.approx(per_conversation, rel=1e-3)
-    with pytest.raises(ConfigError, match="loss_weighting 'token': use conversation or answer"):
-        run_sft(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, loss_weighting="token")))
 
 
 def train_cli(config: Path, *extra: str) -> subprocess.Popen:

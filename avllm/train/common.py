@@ -101,17 +101,16 @@ def feature_cache(model: AVLLM, cfg: TrainConfig) -> FeatureCache:
 class TrainableAVLLM(nn.Module):
     """What the Trainer sees: AVLLM's forward with batch keys as arguments."""
 
-    def __init__(self, avllm: AVLLM, per_answer: bool = False):
+    def __init__(self, avllm: AVLLM):
         super().__init__()
         self.avllm = avllm
-        self.per_answer = per_answer
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list,
                 labels: torch.Tensor | None = None, per_sequence: bool = False) -> Any:
         """The loss (SFT), or with per_sequence each row's summed label log-probability and count (DPO)."""
         if per_sequence:
             return self.avllm.sequence_logps(input_ids, attention_mask, media, labels)
-        return self.avllm(input_ids, attention_mask, media, labels=labels, per_answer=self.per_answer)
+        return self.avllm(input_ids, attention_mask, media, labels=labels)
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **_: Any) -> None:
         self.avllm.llm.gradient_checkpointing_enable(

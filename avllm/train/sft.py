@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..errors import ConfigError
 from ..data import formats
 from ..data.dataset import Collator, InstructionDataset
 from .common import (AVTrainer, TrainableAVLLM, build_model, feature_cache, finish, fit_fresh_projectors, resume_point,
@@ -15,8 +14,6 @@ from .common import (AVTrainer, TrainableAVLLM, build_model, feature_cache, fini
 
 def run_sft(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     """Train one SFT stage as configured; returns the folder of the saved checkpoint."""
-    if cfg.loss_weighting not in ("conversation", "answer"):
-        raise ConfigError(f"loss_weighting {cfg.loss_weighting!r}: use conversation or answer")
     start = time.perf_counter()
     args = training_arguments(cfg)
     records = formats.load(cfg.data, "instruction", allow_outside=cfg.allow_media_outside)
@@ -25,7 +22,7 @@ def run_sft(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     with args.main_process_first(desc="feature cache"):
         dataset = InstructionDataset(records, cache, model, cfg.max_length)
     fit_fresh_projectors(model, cfg, cache, [record.media for record, _ in dataset.examples])
-    trainer = AVTrainer(model=TrainableAVLLM(model, per_answer=cfg.loss_weighting == "answer"), args=args, train_dataset=dataset,
+    trainer = AVTrainer(model=TrainableAVLLM(model), args=args, train_dataset=dataset,
                         data_collator=Collator(model.tokenizer.pad_token_id), projector_lr=cfg.projector_lr)
     result = trainer.train(resume_from_checkpoint=resume_point(cfg, resume))
     metrics = {**result.metrics, "examples": len(dataset), "records": len(records), "cache": cache.stats,
