@@ -52,9 +52,6 @@ OPEN_FOLLOW_UPS = 2  # open questions after the description in the multi-turn co
 PROBES_PER_ANSWER = 1  # probes.jsonl: one yes and one no per clip
 TRAIN_PROBES_PER_ANSWER = 2  # instructions.jsonl: up to two of each
 SESSION_ORDERS = 3  # sessions.jsonl: each clip's multiple-choice questions in this many orders
-# Families whose answer compares the clip's moments (which way, which came first, what was on screen
-# at the sound, whether the beep came with the flash); a clip's third session opens with one of them.
-ACROSS_TIME = ("motion", "first", "last", "sync", "at-sound")
 
 
 @dataclass
@@ -190,30 +187,20 @@ def clip_records(f: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 def sessions(clip_id: str, records: list[dict[str, Any]], rng: np.random.Generator) -> list[dict[str, Any]]:
     """The clip's choice questions as SESSION_ORDERS chats, each in a new order.
 
-    The eval asks each question alone, before the clip, so every session puts a different kind of
-    question first: a yes/no probe (the only yes/no question the instruct stage sees; without one
-    the starter said "yes" to 86.7% of the absent things it was asked about), then the
-    description, then one whose answer spans the clip's moments (ACROSS_TIME): with a plain
-    question there, the direction of motion came first in 5% of the sessions that ask it, and
-    the starter answered it alone, before the clip, at chance in half of its runs (README). The description otherwise comes
-    last: it names the count, colour, shape and sound and would give them away (trained only
-    there, the starter answered it alone at 36/60: it had learnt to copy the earlier answers
-    rather than to look)."""
+    The eval asks each question alone, right after the clip, so every session puts a different
+    kind of question first: a yes/no probe (the only yes/no question the instruct stage sees;
+    without one the starter said "yes" to 86.7% of the absent things it was asked about), then
+    the description, then a plain one. The description otherwise comes last: it names the count,
+    colour, shape and sound and would give them away (trained only there, the starter answered
+    it alone at 36/60: it had learnt to copy the earlier answers rather than to look)."""
     words = [r for r in records if r["style"] == "choice" and r["family"] != "describe"]
-    across = [r for r in words if r["family"] in ACROSS_TIME]
     described = [r for r in records if r["family"] == "describe"]
     probes = [r for r in records if r["style"] == "yes-no"]
     out = []
     for k in range(SESSION_ORDERS):
         shuffled = [words[i] for i in rng.permutation(len(words))]
-        if k == 0 and probes:
-            first = [probes[int(rng.integers(len(probes)))]]
-        elif k == 1:
-            first = described
-        else:
-            first = [across[int(rng.integers(len(across)))]] if across else []
-        rest = [r for r in shuffled + described if r not in first]
-        out.append(session(first + rest, f"{clip_id}-session{k}"))
+        first = [probes[int(rng.integers(len(probes)))]] if k == 0 and probes else described if k == 1 else []
+        out.append(session(first + shuffled + [r for r in described if r not in first], f"{clip_id}-session{k}"))
     return out
 
 
