@@ -187,8 +187,8 @@ def clip_records(f: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 def sessions(clip_id: str, records: list[dict[str, Any]], rng: np.random.Generator) -> list[dict[str, Any]]:
     """The clip's choice questions as SESSION_ORDERS chats, each in a new order.
 
-    The eval asks each question alone, right after the clip, so every session puts a different
-    kind of question first: a yes/no probe (the only yes/no question the instruct stage sees;
+    The eval asks each question alone, its text just before the clip, so every session puts a
+    different kind of question first: a yes/no probe (the only yes/no question the instruct stage sees;
     without one the starter said "yes" to 86.7% of the absent things it was asked about), then
     the description, then a plain one. The description otherwise comes last: it names the count,
     colour, shape and sound and would give them away (trained only there, the starter answered
