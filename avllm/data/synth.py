@@ -190,9 +190,10 @@ def sessions(clip_id: str, records: list[dict[str, Any]], rng: np.random.Generat
     The eval asks each question alone, its text just before the clip, so every session puts a
     different kind of question first: a yes/no probe (the only yes/no question the instruct
     stage sees; without one the starter said "yes" to 86.7% of the absent things it was asked
-    about), then the description, then a plain one. The description otherwise comes last: it names the count,
-    colour, shape and sound and would give them away (trained only there, the starter answered
-    it alone at 36/60: it had learnt to copy the earlier answers rather than to look)."""
+    about), then the description, then a plain one. The description otherwise comes last: it
+    names the count, colour, shape and sound and would give them away (trained only there, the
+    starter answered it alone at 36/60: it had learnt to copy the earlier answers rather than
+    to look)."""
     words = [r for r in records if r["style"] == "choice" and r["family"] != "describe"]
     described = [r for r in records if r["family"] == "describe"]
     probes = [r for r in records if r["style"] == "yes-no"]
