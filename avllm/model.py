@@ -83,7 +83,7 @@ class AVLLM(nn.Module):
                                               config.audio_tokens_per_slot, out_scale=scale)
             self.summary = ClipSummary(
                 (self.visual_proj.input_dim, self.audio_proj.input_dim), (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
-                hidden, config.summary_tokens, out_scale=scale, words=config.summary_words) if config.summary_tokens else None
+                hidden, config.summary_tokens, out_scale=scale) if config.summary_tokens else None
         for proj in self.projectors().values():
             proj.to(table.device, table.dtype)
         self._marks: dict[str, list[int]] = {}
@@ -204,10 +204,7 @@ class AVLLM(nn.Module):
         visual, audio = self.visual_proj.standardized(visual_slots), self.audio_proj.standardized(audio_slots)
         both = torch.cat([self.visual_proj(visual_slots, visual), self.audio_proj(audio_slots, audio)], dim=1)
         slots = both.reshape(-1, both.shape[-1])
-        if self.summary is None:
-            return slots
-        vocab = self.llm.get_input_embeddings().weight if self.config.summary_words else None
-        return torch.cat([slots, self.summary([visual[0], audio[0]], vocab).to(slots.dtype)])
+        return torch.cat([slots, self.summary([visual[0], audio[0]]).to(slots.dtype)]) if self.summary is not None else slots
 
     def fit_projector_inputs(self, clips: list[EncodedClip]) -> None:
         """Fit both projectors' input standardisation on these clips' features (fresh projectors only)."""

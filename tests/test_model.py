@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
 from avllm.config import LoraConfig, MediaConfig, ModelConfig
 from avllm.errors import ConfigError, SpliceError
@@ -106,26 +105,6 @@ def test_summary_tokens_follow_the_slots_and_read_every_slot(parts):
         moved = summed.media_embeds(other)
         assert not torch.allclose(moved[-2:], out[-2:])
         torch.testing.assert_close(moved[: 2 * (KV + KA)], out[: 2 * (KV + KA)])
-
-
-def test_word_summary_tokens_are_mixtures_of_the_llms_word_embeddings(parts, tmp_path):
-    worded = AVLLM.from_config(make_config(parts, summary_tokens=2, summary_words=True), device="cpu")
-    table = worded.llm.get_input_embeddings().weight.detach()
-    summary = worded.media_embeds(encoded(worded))[-2:]
-    # inside the table's convex hull: between its smallest and largest value in every dimension
-    assert bool((summary >= table.min(0).values - 1e-6).all() and (summary <= table.max(0).values + 1e-6).all())
-    with torch.no_grad():  # a sharp score picks one word: its embedding exactly
-        aim = 1e3 * table[[5, 7]]
-        worded.summary.mlp[-1].bias.copy_(aim.flatten())
-        worded.summary.mlp[-1].weight.zero_()
-    words = table[(aim @ table.T).argmax(-1)]
-    torch.testing.assert_close(worded.media_embeds(encoded(worded))[-2:], words)
-    worded.save_pretrained(tmp_path)  # the table stays the LLM's: not saved with the projectors
-    with safe_open(tmp_path / "projectors.safetensors", "pt") as saved_file:
-        assert all(saved_file.get_slice(k).get_shape() != list(table.shape) for k in saved_file.keys())
-    saved = AVLLM.from_pretrained(tmp_path, device="cpu")
-    assert saved.config.summary_words
-    torch.testing.assert_close(saved.media_embeds(encoded(saved))[-2:], words)
 
 
 def test_time_marks_come_before_each_slot(parts):

@@ -13,11 +13,6 @@ Measured on the starter (100 align steps, then 150 LoRA steps on the multiple-ch
 packed per clip; 300 held-out questions): 63.3% with 4 summary tokens, 57.3% without. The gain
 is in the description, first/last and sync questions; motion stayed at chance, so the LLM does
 not yet read the direction from these tokens either.
-
-With `words`, each summary token is a mixture of the LLM's own input embeddings (a softmax over
-the vocabulary, scored against the MLP's output) rather than a free vector: a frozen LLM reads a
-word it knows in a media slot (with the answer word's embedding in every slot, SmolLM2-135M
-answered 95% of colour questions), so what the summary learns to say needs no LoRA to be read.
 """
 
 from __future__ import annotations
@@ -29,28 +24,19 @@ from torch import nn
 
 class ClipSummary(nn.Module):
     def __init__(self, in_dims: tuple[int, ...], slot_tokens: tuple[int, ...], out_dim: int, tokens: int,
-                 slots: int = 8, width: int = 32, hidden: int = 256, out_scale: float = 1.0, words: bool = False):
+                 slots: int = 8, width: int = 32, hidden: int = 256, out_scale: float = 1.0):
         super().__init__()
-        self.tokens, self.slots, self.words = tokens, slots, words
+        self.tokens, self.slots = tokens, slots
         self.squeeze = nn.ModuleList(nn.Linear(d, width) for d in in_dims)
         self.mlp = nn.Sequential(nn.Linear(slots * width * sum(slot_tokens), hidden), nn.GELU(),
                                  nn.Linear(hidden, tokens * out_dim))
-        if not words:
-            self.out_norm = nn.RMSNorm(out_dim)
-            nn.init.constant_(self.out_norm.weight, out_scale)
+        self.out_norm = nn.RMSNorm(out_dim)
+        nn.init.constant_(self.out_norm.weight, out_scale)
 
-    def forward(self, streams: list[torch.Tensor], vocab: torch.Tensor | None = None) -> torch.Tensor:
-        """Per stream the standardised slot inputs [S, tokens_i, in_dim_i] -> [tokens, out_dim].
-        `vocab` ([V, out_dim], the LLM's input embeddings) is required with `words`."""
+    def forward(self, streams: list[torch.Tensor]) -> torch.Tensor:
+        """Per stream the standardised slot inputs [S, tokens_i, in_dim_i] -> [tokens, out_dim]."""
         parts = []
         for squeeze, x in zip(self.squeeze, streams):
             y = squeeze(x.to(squeeze.weight.dtype)).flatten(1)  # [S, tokens_i * width]
             parts.append(F.adaptive_avg_pool1d(y.T.unsqueeze(0), self.slots)[0].T.flatten())  # S -> self.slots
-        out = self.mlp(torch.cat(parts)).view(self.tokens, -1)
-        if not self.words:
-            return self.out_norm(out)
-        if vocab is None:
-            raise ValueError("a word summary needs the LLM's input embeddings (vocab)")
-        table = vocab.detach()  # in its own dtype: a float32 copy of a 49k-word table costs more than the rest
-        weights = torch.softmax((out.to(table.dtype) @ table.T).float(), dim=-1)
-        return weights.to(table.dtype) @ table
+        return self.out_norm(self.mlp(torch.cat(parts)).view(self.tokens, -1))
