@@ -11,7 +11,7 @@ from avllm.cli import main
 from avllm.data.synth import synthesize
 from avllm.errors import DataError, MediaError
 from avllm.eval import AVLLMScorer, build_report, evaluate, make_task, markdown, run_eval, write_report
-from avllm.eval.scoring import _messages, exact_match, match_choice, normalize
+from avllm.eval.scoring import ItemResult, TaskResult, _messages, exact_match, match_choice, normalize
 from avllm.eval.tasks import EvalItem, TaskData, fill_template
 from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
@@ -83,7 +83,7 @@ def test_known_answers_give_known_scores_and_hallucination_rate(tmp_path):
     assert s["n"] == 7 and s["accuracy"] == pytest.approx(2 / 7, abs=1e-4)
     assert s["chance"] == pytest.approx((4 * 0.25 + 3 * 0.5) / 7, abs=1e-4)
     assert s["hallucination_rate"] == 1.0 and s["yes_rate"] == 1.0
-    assert s["by_kind"]["visual"] == {"n": 2, "accuracy": 0.5, "chance": 0.25}
+    assert s["by_kind"]["visual"] == {"n": 2, "correct": 1, "accuracy": 0.5, "chance": 0.25}
     assert s["by_kind"]["audio/*"]["n"] == 2 and s["by_kind"]["audio/*"]["hallucination_rate"] == 1.0
     assert s["by_kind"]["visual/flash"]["hallucination_rate"] is None  # no probe there whose answer is no
     heldout = s["splits"]["heldout_vocab"]
@@ -129,6 +129,14 @@ def test_report_json_markdown_and_predictions(tmp_path):
     assert "1 item(s) not scored, media missing (lost-clip)" in md and "3 annotation(s) skipped" in md
     assert len(paths[2].read_text().splitlines()) == 6
     assert markdown(report) == md
+
+
+def test_accuracy_is_rounded_once():
+    """313 of 399 is 78.446%: the table must not say 78.5% (78.45% after rounding to 4 places first)."""
+    results = [ItemResult(f"q{i}", "visual", None, "x", "x" if i < 313 else "y", i < 313, ["x", "y"]) for i in range(399)]
+    report = build_report([TaskResult("t", "loglik", results)], "m", 1.0)
+    assert report["tasks"]["t"]["correct"] == 313
+    assert "| t | all (loglik) | 399 | 78.4% |" in markdown(report)
 
 
 # ----------------------------------------------------------------------------- benchmark adapters
