@@ -1,4 +1,4 @@
-"""The evaluation report: per task and per kind n, accuracy and chance (plus, for yes/no items,
+"""The evaluation report: per task and per kind n, correct, accuracy and chance (plus, for yes/no items,
 the hallucination rate), as JSON and as a Markdown table.
 
 - chance: for multiple choice the mean of 1/len(choices); for open questions the accuracy of
