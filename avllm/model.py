@@ -104,6 +104,7 @@ class AVLLM(nn.Module):
             raise ConfigError(f"encoder_dtype {config.encoder_dtype!r}: use one of {sorted(DTYPES)}")
         audio = WhisperAudioEncoder.from_spec(config.audio_encoder, device=device)
         audio.input_dtype = DTYPES[config.encoder_dtype]
+        audio.trim_windows = config.trim_audio_windows
         visual = CLIPVisualEncoder.from_spec(config.visual_encoder, config.visual_pretrained, device, DTYPES[config.encoder_dtype])
         llm = load_llm(config.llm, config.quantization, config.dtype, device)
         return cls(config, audio, visual, llm)

@@ -66,6 +66,47 @@ def test_batching_matches_encoding_alone(encoder):
         torch.testing.assert_close(out, encoder([audio])[0], atol=1e-5, rtol=0)
 
 
+def test_encode_mel_is_whispers_forward_on_30_s(encoder):
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(noise(2.0))), 80)[None]
+    torch.testing.assert_close(encoder.encode_mel(mel), encoder.encoder(mel))
+
+
+@pytest.fixture
+def trimmed(encoder):
+    encoder.trim_windows = True
+    yield encoder
+    encoder.trim_windows = False
+
+
+def test_trimmed_windows_keep_lengths_and_full_windows(trimmed, encoder):
+    audio = noise(33.0, 4)
+    (whole,) = trimmed([audio])
+    trimmed.trim_windows = False
+    (padded,) = encoder([audio])
+    assert whole.shape == padded.shape == (1650, 32)
+    torch.testing.assert_close(whole[:1500], padded[:1500], atol=1e-5, rtol=0)  # a full window is the same
+    assert not torch.allclose(whole[1500:], padded[1500:], atol=1e-3)  # the 3 s tail no longer sees 27 s of silence
+
+
+def test_trimmed_window_is_encoded_at_its_own_length(trimmed):
+    audio = noise(3.3, 5)
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), 80)[None, :, :330]
+    enc = trimmed.encoder
+    x = torch.nn.functional.gelu(enc.conv2(torch.nn.functional.gelu(enc.conv1(mel)))).permute(0, 2, 1)
+    x = x + enc.positional_embedding[:165]
+    for block in enc.blocks:
+        x = block(x)
+    torch.testing.assert_close(trimmed([audio])[0], enc.ln_post(x)[0], atol=1e-5, rtol=0)
+
+
+def test_trimmed_batching_matches_encoding_alone(trimmed):
+    audios = [noise(1.0, 1), noise(45.0, 2), noise(3.3, 3), noise(1.0, 6)]
+    together = trimmed(audios)  # windows of 1 s, 30 s, 15 s and 3.3 s: batched by length
+    assert [len(o) for o in together] == [50, 2250, 165, 50]
+    for audio, out in zip(audios, together):
+        torch.testing.assert_close(out, trimmed([audio])[0], atol=1e-5, rtol=0)
+
+
 def test_frozen_but_outputs_feed_a_trainable_layer(encoder):
     assert all(not p.requires_grad for p in encoder.parameters())
     encoder.train()

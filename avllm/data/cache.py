@@ -58,6 +58,7 @@ class FeatureCache:
             "visual": model.visual_encoder.description,
             "media": asdict(model.config.media),
             "encoder_dtype": model.config.encoder_dtype,
+            "trim_audio_windows": model.config.trim_audio_windows,
             "format": FORMAT,
         }
         self.settings_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
