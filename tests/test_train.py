@@ -86,6 +86,9 @@ def test_feature_cache_hits_and_rebuilds_bad_entries(tmp_path, tiny_preset, data
     config = dataclasses.replace(config, media=dataclasses.replace(config.media, num_frames=3))
     other = FeatureCache(AVLLM.from_config(config, device="cpu"), tmp_path / "cache")
     assert other.folder != cache.folder  # other sampling settings never share entries
+    trimmed = AVLLM.from_config(dataclasses.replace(load_model_config(tiny_preset), trim_audio_windows=True), device="cpu")
+    assert trimmed.audio_encoder.trim_windows and not model.audio_encoder.trim_windows
+    assert FeatureCache(trimmed, tmp_path / "cache").folder not in (cache.folder, other.folder)
 
 
 def test_dataset_labels_only_the_answers(tmp_path, tiny_preset, dataset_dir):
