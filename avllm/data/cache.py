@@ -58,9 +58,10 @@ class FeatureCache:
             "visual": model.visual_encoder.description,
             "media": asdict(model.config.media),
             "encoder_dtype": model.config.encoder_dtype,
-            "trim_audio_windows": model.config.trim_audio_windows,
             "format": FORMAT,
         }
+        if model.config.trim_audio_windows:  # only when on: caches written before the option keep their key
+            settings["trim_audio_windows"] = True
         self.settings_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.root = Path(root) if root else cache_dir() / "features"
         self.folder = self.root / self.settings_key
