@@ -24,7 +24,7 @@ from avllm.model import AVLLM
 
 def media_tokens(model: AVLLM, cache: FeatureCache, folder: Path, fact: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Per token set [clips, features] for the one-group clips of a synth folder, and their labels."""
-    sets: dict[str, list[torch.Tensor]] = {"summary": [], "slots": []}
+    sets: dict[str, list[torch.Tensor]] = {"summary": [], "slot": []}
     labels = []
     summary = model.config.summary_tokens
     for line in (folder / "clips.jsonl").read_text().splitlines():
@@ -34,7 +34,7 @@ def media_tokens(model: AVLLM, cache: FeatureCache, folder: Path, fact: str) -> 
         with torch.no_grad():
             tokens = model.media_embeds(cache.get(folder / clip["media"])).float()
         sets["summary"].append(tokens[len(tokens) - summary:].flatten())
-        sets["slots"].append(tokens[: len(tokens) - summary].flatten())
+        sets["slot"].append(tokens[: len(tokens) - summary].flatten())
         labels.append(str(clip[fact]))
     return {name: torch.stack(rows) for name, rows in sets.items() if rows and rows[0].numel()}, labels
 
