@@ -77,8 +77,8 @@ class ModelConfig:
     # LLM tokens computed from the whole clip at once (both streams, every slot), after the slots,
     # for facts that span frames (which shape came first, which way things move).
     summary_tokens: int = 0
-    # LLM tokens per slot, after its visual and audio tokens: how the slot differs from the clip's
-    # first slot, both streams (projector/slot_change.py).
+    # LLM tokens per slot, after its visual and audio tokens: how the slot's picture differs from
+    # the clip's first frame (projector/slot_change.py).
     change_tokens_per_slot: int = 0
     time_marks: bool = False  # put "t=3s" text before each slot
     dtype: str = "float32"  # LLM and projector dtype: float32, bfloat16, float16

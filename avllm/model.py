@@ -85,7 +85,8 @@ class AVLLM(nn.Module):
             dims = (self.visual_proj.input_dim, self.audio_proj.input_dim)
             per_slot = (config.visual_tokens_per_slot, config.audio_tokens_per_slot)
             self.summary = ClipSummary(dims, per_slot, hidden, config.summary_tokens, out_scale=scale) if config.summary_tokens else None
-            self.change = SlotChange(dims, per_slot, hidden, config.change_tokens_per_slot, out_scale=scale) if config.change_tokens_per_slot else None
+            self.change = SlotChange(dims[:1], per_slot[:1], hidden, config.change_tokens_per_slot,
+                                     out_scale=scale) if config.change_tokens_per_slot else None  # the picture alone
         for proj in self.projectors().values():
             proj.to(table.device, table.dtype)
         self._marks: dict[str, list[int]] = {}
@@ -207,7 +208,7 @@ class AVLLM(nn.Module):
         visual, audio = self.visual_proj.standardized(visual_slots), self.audio_proj.standardized(audio_slots)
         parts = [self.visual_proj(visual_slots, visual), self.audio_proj(audio_slots, audio)]
         if self.change is not None:
-            parts.append(self.change([visual[0], audio[0]]).to(parts[0].dtype))
+            parts.append(self.change([visual[0]]).to(parts[0].dtype))
         slots = torch.cat(parts, dim=1).reshape(-1, parts[0].shape[-1])
         return torch.cat([slots, self.summary([visual[0], audio[0]]).to(slots.dtype)]) if self.summary is not None else slots
 
