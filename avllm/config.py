@@ -77,9 +77,6 @@ class ModelConfig:
     # LLM tokens computed from the whole clip at once (both streams, every slot), after the slots,
     # for facts that span frames (which shape came first, which way things move).
     summary_tokens: int = 0
-    # LLM tokens per slot, after its visual and audio tokens: how the slot's picture differs from
-    # the clip's first frame (projector/slot_change.py).
-    change_tokens_per_slot: int = 0
     time_marks: bool = False  # put "t=3s" text before each slot
     dtype: str = "float32"  # LLM and projector dtype: float32, bfloat16, float16
     # The frozen encoders' compute dtype (features are cached per dtype): float32, bfloat16, float16.

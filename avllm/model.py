@@ -31,7 +31,6 @@ from .llm import DTYPES, LoadedLLM, load_llm
 from .media import Clip, MediaFacts, sample_times
 from .projector import build_projector
 from .projector.clip_summary import ClipSummary
-from .projector.slot_change import SlotChange
 from .prompt import IGNORE_INDEX, ChatTokens, Message, add_video_token, encode_chat, expand_placeholders
 
 CONFIG_FILE = "avllm_config.json"
@@ -82,18 +81,16 @@ class AVLLM(nn.Module):
                                                config.visual_tokens_per_slot, visual_encoder.grid, scale)
             self.audio_proj = build_projector(config.projector, audio_encoder.dim, hidden,
                                               config.audio_tokens_per_slot, out_scale=scale)
-            dims = (self.visual_proj.input_dim, self.audio_proj.input_dim)
-            per_slot = (config.visual_tokens_per_slot, config.audio_tokens_per_slot)
-            self.summary = ClipSummary(dims, per_slot, hidden, config.summary_tokens, out_scale=scale) if config.summary_tokens else None
-            self.change = SlotChange(dims[:1], per_slot[:1], hidden, config.change_tokens_per_slot,
-                                     out_scale=scale) if config.change_tokens_per_slot else None  # the picture alone
+            self.summary = ClipSummary(
+                (self.visual_proj.input_dim, self.audio_proj.input_dim), (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
+                hidden, config.summary_tokens, out_scale=scale) if config.summary_tokens else None
         for proj in self.projectors().values():
             proj.to(table.device, table.dtype)
         self._marks: dict[str, list[int]] = {}
 
     def projectors(self) -> dict[str, nn.Module]:
         """The trained modules between the encoders and the LLM, by the name their weights are saved under."""
-        found = {"visual": self.visual_proj, "audio": self.audio_proj, "summary": self.summary, "change": self.change}
+        found = {"visual": self.visual_proj, "audio": self.audio_proj, "summary": self.summary}
         return {name: module for name, module in found.items() if module is not None}
 
     # ---- building -------------------------------------------------------------------------
@@ -203,13 +200,11 @@ class AVLLM(nn.Module):
         return visual_slots, audio_slots
 
     def media_embeds(self, enc: EncodedClip) -> torch.Tensor:
-        """[slots * (visual + audio + change tokens) + summary tokens, hidden], slot by slot in time order."""
+        """[slots * (visual + audio tokens) + summary tokens, hidden], slot by slot in time order."""
         visual_slots, audio_slots = self.slot_features(enc)
         visual, audio = self.visual_proj.standardized(visual_slots), self.audio_proj.standardized(audio_slots)
-        parts = [self.visual_proj(visual_slots, visual), self.audio_proj(audio_slots, audio)]
-        if self.change is not None:
-            parts.append(self.change([visual[0]]).to(parts[0].dtype))
-        slots = torch.cat(parts, dim=1).reshape(-1, parts[0].shape[-1])
+        both = torch.cat([self.visual_proj(visual_slots, visual), self.audio_proj(audio_slots, audio)], dim=1)
+        slots = both.reshape(-1, both.shape[-1])
         return torch.cat([slots, self.summary([visual[0], audio[0]]).to(slots.dtype)]) if self.summary is not None else slots
 
     def fit_projector_inputs(self, clips: list[EncodedClip]) -> None:
@@ -222,8 +217,7 @@ class AVLLM(nn.Module):
     def layout(self, enc: EncodedClip) -> list[int]:
         """What replaces <video>: per slot an optional time mark, then one placeholder per media token;
         then the clip's summary tokens."""
-        config = self.config
-        per_slot = [self.video_token_id] * (config.visual_tokens_per_slot + config.audio_tokens_per_slot + config.change_tokens_per_slot)
+        per_slot = [self.video_token_id] * (self.config.visual_tokens_per_slot + self.config.audio_tokens_per_slot)
         ids: list[int] = []
         for t in self.slot_times(enc):
             if self.config.time_marks:
@@ -345,14 +339,14 @@ class AVLLM(nn.Module):
 
 def fold_input_whitening(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Projector weights with each input whitening matrix folded into the linear layers that read the
-    whitened inputs (the projector's first layer, the summary's and the change tokens' squeeze): x @ W then A is x then
+    whitened inputs (the projector's first layer and the summary's squeeze): x @ W then A is x then
     A @ W.T. The same outputs, without a [D, D] matrix per stream (4.7 MB for the starter's CLIP)."""
     out = dict(tensors)
-    for index, name in enumerate(("visual", "audio")):  # the squeeze layers' order
+    for index, name in enumerate(("visual", "audio")):  # the summary's squeeze layers, in this order
         whiten = out.pop(f"{name}.feature_whiten", None)
         if whiten is None:
             continue
-        for key in (f"{name}.mlp.0.weight", f"summary.squeeze.{index}.weight", f"change.squeeze.{index}.weight"):
+        for key in (f"{name}.mlp.0.weight", f"summary.squeeze.{index}.weight"):
             if key in out:
                 out[key] = (out[key].double() @ whiten.double().T).to(out[key].dtype)
     return out

@@ -107,36 +107,6 @@ def test_summary_tokens_follow_the_slots_and_read_every_slot(parts):
         torch.testing.assert_close(moved[: 2 * (KV + KA)], out[: 2 * (KV + KA)])
 
 
-def test_change_tokens_follow_each_slot_and_read_its_picture_s_difference_from_the_first(parts):
-    changed = AVLLM.from_config(make_config(parts, change_tokens_per_slot=1), device="cpu")
-    per_slot = KV + KA + 1
-    enc = encoded(changed)
-    tokens = changed.tokenize([{"role": "user", "content": with_video("what?")}], enc, add_generation_prompt=True)
-    ids = torch.tensor([tokens.input_ids])
-    assert int((ids == changed.video_token_id).sum()) == 3 * per_slot
-    out = changed.media_embeds(enc).view(3, per_slot, -1)
-    torch.testing.assert_close(changed.embed(ids, [enc])[0, ids[0] == changed.video_token_id], out.flatten(0, 1))
-    plain = AVLLM.from_config(make_config(parts), device="cpu")  # same seed: the same slot projectors
-    torch.testing.assert_close(out[:, :-1].flatten(0, 1), plain.media_embeds(enc))
-    other = encoded(changed)
-    other.visual[-1] += 1.0  # the last frame alone changes
-    moved = changed.media_embeds(other).view(3, per_slot, -1)
-    torch.testing.assert_close(moved[:2], out[:2])
-    assert not torch.allclose(moved[2, -1], out[2, -1])
-    other.visual[:] += 1.0  # every frame shifted alike: nothing changes within the clip
-    torch.testing.assert_close(changed.media_embeds(other).view(3, per_slot, -1)[:, -1], moved[:, -1], rtol=1e-4, atol=1e-4)
-    other = encoded(changed)
-    other.audio[-1] += 1.0  # the sound does not reach them
-    moved = changed.media_embeds(other).view(3, per_slot, -1)
-    assert not torch.allclose(moved[2, KV:KV + KA], out[2, KV:KV + KA])
-    torch.testing.assert_close(moved[:, -1], out[:, -1])
-    other = encoded(changed)
-    other.visual[0] += 1.0  # the first frame: every later slot now differs from it
-    moved = changed.media_embeds(other).view(3, per_slot, -1)
-    torch.testing.assert_close(moved[0, -1], out[0, -1])  # the first slot's change is always none
-    assert all(not torch.allclose(moved[i, -1], out[i, -1]) for i in (1, 2))
-
-
 def test_time_marks_come_before_each_slot(parts):
     marked = AVLLM.from_config(make_config(parts, time_marks=True), device="cpu")
     enc = encoded(marked)
@@ -203,8 +173,8 @@ def test_loss_ignores_everything_but_labels(model):
 
 
 def saved_with_lora(parts, folder) -> AVLLM:
-    """A model with every trainable kind (projectors, summary, change tokens, LoRA) made non-trivial, saved in `folder`."""
-    config = make_config(parts, summary_tokens=2, change_tokens_per_slot=1,
+    """A model with every trainable kind (projectors, summary, LoRA) made non-trivial, saved in `folder`."""
+    config = make_config(parts, summary_tokens=2,
                          lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
     model = AVLLM.from_config(config, device="cpu")
     model.add_lora()
@@ -252,7 +222,7 @@ def test_export_stores_the_trained_weights_in_half_precision(parts, tmp_path):
     enc = encoded(model)
     ship = AVLLM.from_pretrained(tmp_path / "ship", device="cpu")
     assert ship.visual_proj.feature_whiten is None and ship.audio_proj.feature_whiten is None
-    with torch.no_grad():  # the media tokens, the summary's and the change tokens included, survive the fold
+    with torch.no_grad():  # the media tokens, the summary's included, survive the fold
         shipped, trained = ship.media_embeds(enc).float(), model.media_embeds(enc).float()
     assert (shipped - trained).norm() / trained.norm() < 0.03  # bfloat16 rounding (~1%), nothing lost or misplaced
     shipped, trained = logits(ship, enc), logits(model, enc)
