@@ -28,17 +28,6 @@ after 25 / 100 / 400 steps when standardised, 76% / 89% / 96% when whitened; num
 The whitening matrix is folded into the layers that read it when a checkpoint is exported
 (`fold_input_whitening` in model.py), so it costs no shipped bytes.
 
-With `positions`, the MLP's hidden layer also gets a learned vector for the token's place in
-its slot (the patch region, or the stretch of the slot's sound) and one for the slot's place in
-the clip (first to last, interpolated between `positions` anchors for any number of slots).
-Without them the MLP is shared by every region and slot, so a shape on the left and the same
-shape on the right give the same token, and only the LLM's positional encoding tells which
-region or which moment a token is about; facts that depend on where and when (which way the
-shapes move, what came first) then need the LLM to compare token positions, which SmolLM2-135M
-learnt in some runs only. Added before the nonlinearity, they let a token say "a shape on the
-left, early in the clip", which the LLM can read without comparing tokens (Video-LLaMA's frame
-position embeddings do the same for its video Q-former).
-
 The output is RMS-normalised with a learned gain that starts at the scale of the LLM's own
 token embeddings: unnormalised, the media tokens grew to ~50x the norm of text tokens in
 training and swamped the residual stream (visual answers stayed at chance).
@@ -62,8 +51,7 @@ def grid_shape(tokens: int) -> tuple[int, int]:
 
 
 class MLPPoolProjector(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None, out_scale: float = 1.0,
-                 positions: int = 0):
+    def __init__(self, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None, out_scale: float = 1.0):
         super().__init__()
         self.tokens = tokens
         self.grid = grid
@@ -75,10 +63,6 @@ class MLPPoolProjector(nn.Module):
         self.out_norm = nn.RMSNorm(out_dim)
         nn.init.constant_(self.out_norm.weight, out_scale)
         self.absent = nn.Parameter(torch.randn(tokens, out_dim) * out_scale)
-        # at the scale of the first layer's outputs on whitened inputs (unit variance in, weights
-        # uniform in +-1/sqrt(fan_in): variance 1/3 out), so places differ from the first step
-        self.place = nn.Parameter(torch.randn(tokens, out_dim) / math.sqrt(3)) if positions else None
-        self.moment = nn.Parameter(torch.randn(positions, out_dim) / math.sqrt(3)) if positions else None
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """[S, N, D] -> [S, tokens, input_dim]: on the patch grid the mean and the max, else the mean."""
@@ -122,23 +106,11 @@ class MLPPoolProjector(nn.Module):
             out[present] = white.to(out.dtype)  # autocast runs the matmul in bf16
         return out, present
 
-    def slot_positions(self, slots: int) -> torch.Tensor:
-        """[slots, tokens, out_dim]: each token's place in its slot plus its slot's moment in the clip."""
-        where = torch.linspace(0, len(self.moment) - 1, slots, device=self.moment.device)
-        low = where.floor().long()
-        high = (low + 1).clamp(max=len(self.moment) - 1)
-        frac = (where - low).unsqueeze(1).to(self.moment.dtype)
-        moment = self.moment[low] * (1 - frac) + self.moment[high] * frac
-        return self.place.unsqueeze(0) + moment.unsqueeze(1)
-
     def forward(self, slots: list[torch.Tensor | None], standard: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
         """One entry per time slot: features [N, in_dim] or None when absent -> [S, tokens, out_dim].
         `standard` is this call's `standardized(slots)` when the caller already has it."""
         inputs, present = standard if standard is not None else self.standardized(slots)
         out = self.absent.unsqueeze(0).repeat(len(slots), 1, 1)
         if present:
-            hidden = self.mlp[0](inputs[present])
-            if self.moment is not None:
-                hidden = hidden + self.slot_positions(len(slots))[present]
-            out[present] = self.out_norm(self.mlp[2](self.mlp[1](hidden))).to(out.dtype)
+            out[present] = self.out_norm(self.mlp(inputs[present])).to(out.dtype)
         return out
