@@ -77,9 +77,6 @@ class ModelConfig:
     # LLM tokens computed from the whole clip at once (both streams, every slot), after the slots,
     # for facts that span frames (which shape came first, which way things move).
     summary_tokens: int = 0
-    # Learned positions in the projectors: each media token's place in its slot and, interpolated
-    # between this many anchors, its slot's moment in the clip (projector/mlp_pool.py); 0: none.
-    slot_positions: int = 0
     time_marks: bool = False  # put "t=3s" text before each slot
     dtype: str = "float32"  # LLM and projector dtype: float32, bfloat16, float16
     # The frozen encoders' compute dtype (features are cached per dtype): float32, bfloat16, float16.

@@ -77,10 +77,10 @@ class AVLLM(nn.Module):
         hidden, scale = table.shape[1], float(rows.float().pow(2).mean().sqrt())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # an untrained model answers the same way every run
-            self.visual_proj = build_projector(config.projector, visual_encoder.dim, hidden, config.visual_tokens_per_slot,
-                                               visual_encoder.grid, scale, config.slot_positions)
-            self.audio_proj = build_projector(config.projector, audio_encoder.dim, hidden, config.audio_tokens_per_slot,
-                                              out_scale=scale, positions=config.slot_positions)
+            self.visual_proj = build_projector(config.projector, visual_encoder.dim, hidden,
+                                               config.visual_tokens_per_slot, visual_encoder.grid, scale)
+            self.audio_proj = build_projector(config.projector, audio_encoder.dim, hidden,
+                                              config.audio_tokens_per_slot, out_scale=scale)
             self.summary = ClipSummary(
                 (self.visual_proj.input_dim, self.audio_proj.input_dim), (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
                 hidden, config.summary_tokens, out_scale=scale) if config.summary_tokens else None

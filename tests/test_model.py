@@ -173,15 +173,14 @@ def test_loss_ignores_everything_but_labels(model):
 
 
 def saved_with_lora(parts, folder) -> AVLLM:
-    """A model with every trainable kind (projectors and their slot positions, summary, LoRA) made
-    non-trivial, saved in `folder`."""
-    config = make_config(parts, summary_tokens=2, slot_positions=2,
+    """A model with every trainable kind (projectors, summary, LoRA) made non-trivial, saved in `folder`."""
+    config = make_config(parts, summary_tokens=2,
                          lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
     model = AVLLM.from_config(config, device="cpu")
     model.add_lora()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_B" in name or any(f"_proj.{kind}" in name for kind in ("absent", "place", "moment")):
+            if "lora_B" in name or "_proj.absent" in name:
                 p.add_(0.1)
     model.fit_projector_inputs([encoded(model)])  # fitted statistics travel with the weights
     model.save_pretrained(folder)
@@ -281,32 +280,6 @@ def test_visual_tokens_hold_the_mean_and_the_max_of_their_region_and_audio_token
     frames = torch.arange(12.0).view(1, 4, 3)
     torch.testing.assert_close(audio.pool(frames), torch.tensor([[[1.5, 2.5, 3.5], [7.5, 8.5, 9.5]]]))
     assert audio.input_dim == 3
-
-
-def test_slot_positions_tell_regions_and_moments_apart():
-    """The same picture in every region and every slot: without positions every token is the same;
-    with trained ones each token differs, and the slots' moments run along the anchors."""
-    from avllm.projector.mlp_pool import MLPPoolProjector
-
-    torch.manual_seed(0)
-    plain = MLPPoolProjector(in_dim=3, out_dim=8, tokens=4, grid=(4, 4))
-    torch.manual_seed(0)
-    placed = MLPPoolProjector(in_dim=3, out_dim=8, tokens=4, grid=(4, 4), positions=3)
-    slots = [torch.ones(16, 3)] * 5
-    tokens = plain(slots).flatten(0, 1)
-    assert torch.allclose(tokens, tokens[:1].expand_as(tokens))
-    torch.testing.assert_close(placed(slots), plain(slots))  # positions start at zero: as without them
-    with torch.no_grad():  # as training leaves them
-        placed.place.normal_()
-        placed.moment.normal_()
-    tokens = placed(slots).flatten(0, 1)
-    assert torch.cdist(tokens, tokens).add(torch.eye(20)).min() > 1e-3  # all 20 differ
-    positions = placed.slot_positions(5)  # 5 slots over 3 anchors: on, between, on, between, on
-    place, moment = placed.place.detach(), placed.moment.detach()
-    for slot, expected in enumerate([moment[0], (moment[0] + moment[1]) / 2, moment[1], (moment[1] + moment[2]) / 2, moment[2]]):
-        torch.testing.assert_close(positions[slot], place + expected)
-    torch.testing.assert_close(placed.slot_positions(1)[0], place + moment[0])
-    assert plain.place is None and "place" not in plain.state_dict()
 
 
 def test_fitted_projector_inputs_are_standardised():

@@ -16,10 +16,9 @@ PROJECTORS: dict[str, type[torch.nn.Module]] = {
 
 
 def build_projector(kind: str, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None,
-                    out_scale: float = 1.0, positions: int = 0) -> torch.nn.Module:
+                    out_scale: float = 1.0) -> torch.nn.Module:
     """The projector named `kind`; `grid` is the patch grid for visual features, None for audio;
-    `out_scale` the per-element RMS of the LLM's token embeddings, which its outputs start at;
-    `positions` the anchors of its learned slot positions (0: none)."""
+    `out_scale` the per-element RMS of the LLM's token embeddings, which its outputs start at."""
     if kind not in PROJECTORS:
         raise ConfigError(f"projector {kind!r}: known kinds are {sorted(PROJECTORS)}")
-    return PROJECTORS[kind](in_dim=in_dim, out_dim=out_dim, tokens=tokens, grid=grid, out_scale=out_scale, positions=positions)
+    return PROJECTORS[kind](in_dim=in_dim, out_dim=out_dim, tokens=tokens, grid=grid, out_scale=out_scale)

@@ -28,16 +28,6 @@ after 25 / 100 / 400 steps when standardised, 76% / 89% / 96% when whitened; num
 The whitening matrix is folded into the layers that read it when a checkpoint is exported
 (`fold_input_whitening` in model.py), so it costs no shipped bytes.
 
-With `positions`, each output token also gets a learned vector for its place in its slot (the
-patch region, or the stretch of the slot's sound) and one for its slot's moment in the clip
-(first to last, interpolated between `positions` anchors for any number of slots), as ViTs and
-Video-LLaMA's video Q-former add position embeddings. Without them the MLP is shared by every
-region and slot, so a shape on the left and the same shape on the right give the same token,
-and only the LLM's positional encoding tells which region or moment a token is about. They start
-at zero (the model starts as it would without them) and are added after the MLP, which stays
-shared: added to its hidden layer at the scale of its inputs, they gave every region and moment
-its own features, and the starter recipe scored 65.7% held out (colour 34/44, shape 20/44).
-
 The output is RMS-normalised with a learned gain that starts at the scale of the LLM's own
 token embeddings: unnormalised, the media tokens grew to ~50x the norm of text tokens in
 training and swamped the residual stream (visual answers stayed at chance).
@@ -61,8 +51,7 @@ def grid_shape(tokens: int) -> tuple[int, int]:
 
 
 class MLPPoolProjector(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None, out_scale: float = 1.0,
-                 positions: int = 0):
+    def __init__(self, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None, out_scale: float = 1.0):
         super().__init__()
         self.tokens = tokens
         self.grid = grid
@@ -74,8 +63,6 @@ class MLPPoolProjector(nn.Module):
         self.out_norm = nn.RMSNorm(out_dim)
         nn.init.constant_(self.out_norm.weight, out_scale)
         self.absent = nn.Parameter(torch.randn(tokens, out_dim) * out_scale)
-        self.place = nn.Parameter(torch.zeros(tokens, out_dim)) if positions else None
-        self.moment = nn.Parameter(torch.zeros(positions, out_dim)) if positions else None
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """[S, N, D] -> [S, tokens, input_dim]: on the patch grid the mean and the max, else the mean."""
@@ -119,15 +106,6 @@ class MLPPoolProjector(nn.Module):
             out[present] = white.to(out.dtype)  # autocast runs the matmul in bf16
         return out, present
 
-    def slot_positions(self, slots: int) -> torch.Tensor:
-        """[slots, tokens, out_dim]: each token's place in its slot plus its slot's moment in the clip."""
-        where = torch.linspace(0, len(self.moment) - 1, slots, device=self.moment.device)
-        low = where.floor().long()
-        high = (low + 1).clamp(max=len(self.moment) - 1)
-        frac = (where - low).unsqueeze(1).to(self.moment.dtype)
-        moment = self.moment[low] * (1 - frac) + self.moment[high] * frac
-        return self.place.unsqueeze(0) + moment.unsqueeze(1)
-
     def forward(self, slots: list[torch.Tensor | None], standard: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
         """One entry per time slot: features [N, in_dim] or None when absent -> [S, tokens, out_dim].
         `standard` is this call's `standardized(slots)` when the caller already has it."""
@@ -135,6 +113,4 @@ class MLPPoolProjector(nn.Module):
         out = self.absent.unsqueeze(0).repeat(len(slots), 1, 1)
         if present:
             out[present] = self.out_norm(self.mlp(inputs[present])).to(out.dtype)
-        if self.moment is not None:
-            out = out + self.slot_positions(len(slots)).to(out.dtype)
         return out
