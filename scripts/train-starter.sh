@@ -4,7 +4,7 @@
 # Run from the repo root inside .venv (make starter-weights does both).
 set -euo pipefail
 export HF_HUB_OFFLINE=1
-TRAIN_CLIPS=${TRAIN_CLIPS:-900}
+TRAIN_CLIPS=${TRAIN_CLIPS:-600}
 TEST_CLIPS=${TEST_CLIPS:-150}
 start=$(date +%s)
 stage() {  # stage NAME COMMAND...: run it and print how long it took
