@@ -77,6 +77,7 @@ class ModelConfig:
     # LLM tokens computed from the whole clip at once (both streams, every slot), after the slots,
     # for facts that span frames (which shape came first, which way things move).
     summary_tokens: int = 0
+    summary_dropout: float = 0.0  # share of the summary's inputs zeroed at each training step (0: none)
     time_marks: bool = False  # put "t=3s" text before each slot
     dtype: str = "float32"  # LLM and projector dtype: float32, bfloat16, float16
     # The frozen encoders' compute dtype (features are cached per dtype): float32, bfloat16, float16.

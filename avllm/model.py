@@ -83,7 +83,7 @@ class AVLLM(nn.Module):
                                               config.audio_tokens_per_slot, out_scale=scale)
             self.summary = ClipSummary(
                 (self.visual_proj.input_dim, self.audio_proj.input_dim), (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
-                hidden, config.summary_tokens, out_scale=scale) if config.summary_tokens else None
+                hidden, config.summary_tokens, out_scale=scale, dropout=config.summary_dropout) if config.summary_tokens else None
         for proj in self.projectors().values():
             proj.to(table.device, table.dtype)
         self._marks: dict[str, list[int]] = {}

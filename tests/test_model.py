@@ -89,6 +89,20 @@ def test_layout_and_splice_positions(model):
     torch.testing.assert_close(embeds[0, ~mask], text)
 
 
+def test_summary_dropout_acts_in_training_only(parts):
+    model = AVLLM.from_config(make_config(parts, summary_tokens=2, summary_dropout=0.5), device="cpu")
+    enc = encoded(model)
+    model.eval()
+    torch.testing.assert_close(model.media_embeds(enc), model.media_embeds(enc))
+    model.train()
+    torch.manual_seed(0)
+    first = model.media_embeds(enc)
+    second = model.media_embeds(enc)
+    slots = first.shape[0] - 2
+    torch.testing.assert_close(first[:slots], second[:slots])  # the slot tokens have no dropout
+    assert not torch.allclose(first[slots:], second[slots:])  # the summary sees other inputs each step
+
+
 def test_summary_tokens_follow_the_slots_and_read_every_slot(parts):
     summed = AVLLM.from_config(make_config(parts, summary_tokens=2), device="cpu")
     enc = encoded(summed)
