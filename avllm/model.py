@@ -83,7 +83,7 @@ class AVLLM(nn.Module):
                                               config.audio_tokens_per_slot, out_scale=scale)
             self.summary = ClipSummary(
                 (self.visual_proj.input_dim, self.audio_proj.input_dim), (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
-                hidden, config.summary_tokens, out_scale=scale, dropout=config.summary_dropout) if config.summary_tokens else None
+                hidden, config.summary_tokens, out_scale=scale) if config.summary_tokens else None
         for proj in self.projectors().values():
             proj.to(table.device, table.dtype)
         self._marks: dict[str, list[int]] = {}
@@ -232,7 +232,10 @@ class AVLLM(nn.Module):
 
     # ---- text + media -> LLM --------------------------------------------------------------
     def tokenize(self, messages: list[Message], enc: EncodedClip, add_generation_prompt: bool) -> ChatTokens:
-        """Chat template, label masks, then <video> expanded into this clip's slot layout."""
+        """Chat template (with the model's system prompt unless the chat brings one), label masks,
+        then <video> expanded into this clip's slot layout."""
+        if self.config.system_prompt is not None and messages[0].get("role") != "system":
+            messages = [{"role": "system", "content": self.config.system_prompt}, *messages]
         return expand_placeholders(encode_chat(self.tokenizer, messages, add_generation_prompt), self.video_token_id, [self.layout(enc)])
 
     def embed(self, input_ids: torch.Tensor, media: list[EncodedClip]) -> torch.Tensor:

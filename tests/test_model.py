@@ -89,20 +89,6 @@ def test_layout_and_splice_positions(model):
     torch.testing.assert_close(embeds[0, ~mask], text)
 
 
-def test_summary_dropout_acts_in_training_only(parts):
-    model = AVLLM.from_config(make_config(parts, summary_tokens=2, summary_dropout=0.5), device="cpu")
-    enc = encoded(model)
-    model.eval()
-    torch.testing.assert_close(model.media_embeds(enc), model.media_embeds(enc))
-    model.train()
-    torch.manual_seed(0)
-    first = model.media_embeds(enc)
-    second = model.media_embeds(enc)
-    slots = first.shape[0] - 2
-    torch.testing.assert_close(first[:slots], second[:slots])  # the slot tokens have no dropout
-    assert not torch.allclose(first[slots:], second[slots:])  # the summary sees other inputs each step
-
-
 def test_summary_tokens_follow_the_slots_and_read_every_slot(parts):
     summed = AVLLM.from_config(make_config(parts, summary_tokens=2), device="cpu")
     enc = encoded(summed)
@@ -119,6 +105,16 @@ def test_summary_tokens_follow_the_slots_and_read_every_slot(parts):
         moved = summed.media_embeds(other)
         assert not torch.allclose(moved[-2:], out[-2:])
         torch.testing.assert_close(moved[: 2 * (KV + KA)], out[: 2 * (KV + KA)])
+
+
+def test_system_prompt_comes_first_unless_the_chat_has_one(parts, model):
+    briefed = AVLLM.from_config(make_config(parts, system_prompt="Be brief."), device="cpu")
+    enc = encoded(briefed)
+    chat = [{"role": "user", "content": with_video("what?")}]
+    text = briefed.tokenizer.decode(briefed.tokenize(chat, enc, add_generation_prompt=True).input_ids)
+    assert "Be brief." in text and text.index("Be brief.") < text.index("what?")
+    own = [{"role": "system", "content": "Be long."}, *chat]
+    assert briefed.tokenize(own, enc, True).input_ids == model.tokenize(own, enc, True).input_ids
 
 
 def test_time_marks_come_before_each_slot(parts):

@@ -13,12 +13,6 @@ Measured on the starter (100 align steps, then 150 LoRA steps on the multiple-ch
 packed per clip; 300 held-out questions): 63.3% with 4 summary tokens, 57.3% without. The gain
 is in the description, first/last and sync questions; motion stayed at chance, so the LLM does
 not yet read the direction from these tokens either.
-
-Trained through the LLM, the summary learns the training clips rather than the direction: a
-linear probe on the shipped weights' summary tokens reads motion on 98% of the training clips and
-49% of held-out ones (scripts/probe_tokens.py). `dropout` zeroes a share of the squeezed inputs
-at each training step, so no single clip's exact inputs can be memorised; the motion is spread
-over every slot and region, and survives it.
 """
 
 from __future__ import annotations
@@ -30,10 +24,9 @@ from torch import nn
 
 class ClipSummary(nn.Module):
     def __init__(self, in_dims: tuple[int, ...], slot_tokens: tuple[int, ...], out_dim: int, tokens: int,
-                 slots: int = 8, width: int = 32, hidden: int = 256, out_scale: float = 1.0, dropout: float = 0.0):
+                 slots: int = 8, width: int = 32, hidden: int = 256, out_scale: float = 1.0):
         super().__init__()
         self.tokens, self.slots = tokens, slots
-        self.dropout = nn.Dropout(dropout)  # on the squeezed inputs, in training only: see the module docstring
         self.squeeze = nn.ModuleList(nn.Linear(d, width) for d in in_dims)
         self.mlp = nn.Sequential(nn.Linear(slots * width * sum(slot_tokens), hidden), nn.GELU(),
                                  nn.Linear(hidden, tokens * out_dim))
@@ -46,4 +39,4 @@ class ClipSummary(nn.Module):
         for squeeze, x in zip(self.squeeze, streams):
             y = squeeze(x.to(squeeze.weight.dtype)).flatten(1)  # [S, tokens_i * width]
             parts.append(F.adaptive_avg_pool1d(y.T.unsqueeze(0), self.slots)[0].T.flatten())  # S -> self.slots
-        return self.out_norm(self.mlp(self.dropout(torch.cat(parts))).view(self.tokens, -1))
+        return self.out_norm(self.mlp(torch.cat(parts)).view(self.tokens, -1))
