@@ -78,10 +78,6 @@ class ModelConfig:
     # for facts that span frames (which shape came first, which way things move).
     summary_tokens: int = 0
     time_marks: bool = False  # put "t=3s" text before each slot
-    # The system turn put before every chat that has none: None leaves it to the LLM's chat
-    # template (SmolLM2's adds "You are a helpful AI assistant named SmolLM, ...", 16 tokens more
-    # than an empty one). Weights trained with one should be used with the same.
-    system_prompt: str | None = None
     dtype: str = "float32"  # LLM and projector dtype: float32, bfloat16, float16
     # The frozen encoders' compute dtype (features are cached per dtype): float32, bfloat16, float16.
     encoder_dtype: str = "float32"

@@ -232,10 +232,7 @@ class AVLLM(nn.Module):
 
     # ---- text + media -> LLM --------------------------------------------------------------
     def tokenize(self, messages: list[Message], enc: EncodedClip, add_generation_prompt: bool) -> ChatTokens:
-        """Chat template (with the model's system prompt unless the chat brings one), label masks,
-        then <video> expanded into this clip's slot layout."""
-        if self.config.system_prompt is not None and messages[0].get("role") != "system":
-            messages = [{"role": "system", "content": self.config.system_prompt}, *messages]
+        """Chat template, label masks, then <video> expanded into this clip's slot layout."""
         return expand_placeholders(encode_chat(self.tokenizer, messages, add_generation_prompt), self.video_token_id, [self.layout(enc)])
 
     def embed(self, input_ids: torch.Tensor, media: list[EncodedClip]) -> torch.Tensor:

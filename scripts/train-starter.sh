@@ -23,10 +23,7 @@ stage features avllm features --model starter --data runs/synth/train/instructio
 python3 - <<'PY'
 import json
 lines = open("runs/synth/train/instructions.jsonl").read().splitlines()
-choice = [l for l in lines if json.loads(l)["style"] == "choice"]
-spans = {"motion", "first", "last", "sync", "at-sound"}
-keep = [l for l in choice if json.loads(l)["family"] in spans]
-keep += [l for l in choice if json.loads(l)["family"] not in spans][::3]
+keep = [l for l in lines if json.loads(l)["style"] == "choice"]
 open("runs/synth/train/align.jsonl", "w").write("\n".join(keep) + "\n")
 print(f"align.jsonl: {len(keep)} of {len(lines)} records")
 PY

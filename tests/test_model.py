@@ -107,16 +107,6 @@ def test_summary_tokens_follow_the_slots_and_read_every_slot(parts):
         torch.testing.assert_close(moved[: 2 * (KV + KA)], out[: 2 * (KV + KA)])
 
 
-def test_system_prompt_comes_first_unless_the_chat_has_one(parts, model):
-    briefed = AVLLM.from_config(make_config(parts, system_prompt="Be brief."), device="cpu")
-    enc = encoded(briefed)
-    chat = [{"role": "user", "content": with_video("what?")}]
-    text = briefed.tokenizer.decode(briefed.tokenize(chat, enc, add_generation_prompt=True).input_ids)
-    assert "Be brief." in text and text.index("Be brief.") < text.index("what?")
-    own = [{"role": "system", "content": "Be long."}, *chat]
-    assert briefed.tokenize(own, enc, True).input_ids == model.tokenize(own, enc, True).input_ids
-
-
 def test_time_marks_come_before_each_slot(parts):
     marked = AVLLM.from_config(make_config(parts, time_marks=True), device="cpu")
     enc = encoded(marked)
