@@ -268,7 +268,8 @@ class AVLLM(nn.Module):
         """float32 logits [K, vocab] predicting the K labelled tokens, those tokens [K], and where
         they sit ([B, L-1] mask over next-token positions)."""
         base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-        hidden = base.get_decoder()(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask).last_hidden_state
+        hidden = base.get_decoder()(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask,
+                                    use_cache=False).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
         return base.get_output_embeddings()(hidden[:, :-1][keep]).float(), targets[keep], keep

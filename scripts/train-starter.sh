@@ -18,12 +18,17 @@ stage synth-train avllm synth --out runs/synth/train --n "$TRAIN_CLIPS" --seed 1
 # --model starter: the preset the align stage starts from, so the same encoder settings and the
 # same cache entries (the default, weights/starter, may hold other settings).
 stage features avllm features --model starter --data runs/synth/train/instructions.jsonl
-# The align stage reads the multiple-choice records alone: one short answer each, about one
-# picture or sound fact, which is what the projectors must learn to carry.
+# The align stage reads multiple-choice records alone: one short answer each, about one
+# picture or sound fact, which is what the projectors must learn to carry. It takes all those
+# whose fact spans frames (motion, first, last, sync, at-sound: the summary tokens must learn
+# to compare slots) and every third of the others, which are learnt quickly in any case.
 python3 - <<'PY'
 import json
 lines = open("runs/synth/train/instructions.jsonl").read().splitlines()
-keep = [l for l in lines if json.loads(l)["style"] == "choice"]
+choice = [l for l in lines if json.loads(l)["style"] == "choice"]
+spans = {"motion", "first", "last", "sync", "at-sound"}
+keep = [l for l in choice if json.loads(l)["family"] in spans]
+keep += [l for l in choice if json.loads(l)["family"] not in spans][::3]
 open("runs/synth/train/align.jsonl", "w").write("\n".join(keep) + "\n")
 print(f"align.jsonl: {len(keep)} of {len(lines)} records")
 PY
