@@ -1,15 +1,15 @@
-"""Time one training step (forward and backward) of a recipe at each precision and attention
-kernel, on the same batches.
+"""Time one training step (forward and backward) of a recipe at each precision, attention
+kernel and compile setting, on the same batches.
 
 Builds the stage's model the way `avllm train sft` does (so bf16 gets the same autocast and
 the same LoRA input handling), reads the clips from the feature cache, and prints per precision
 and kernel the seconds of each batch, their median, and the losses (which should agree to a few
-digits).
+digits). With --compile both settings run; the first compiled batches include the compiling.
 Build the cache first with `avllm features --data DATA`.
 
     python bench/train_step.py [--config configs/train/starter-instruct.yaml] [--data FILE]
                                [--model CHECKPOINT] [--batches 4] [--precisions fp32 bf16]
-                               [--attention eager sdpa]
+                               [--attention eager sdpa] [--compile]
 """
 
 from __future__ import annotations
@@ -58,11 +58,15 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--attention", nargs="+", default=["sdpa"], help="the LLM's attention kernels: sdpa, eager")
+    ap.add_argument("--compile", action="store_true", help="time the decoder layers compiled as well as not")
     args = ap.parse_args()
     base = {k: v for k, v in (("data", args.data), ("model", args.model)) if v}
-    for precision, attention in itertools.product(args.precisions, args.attention):
-        seconds, losses = time_steps(args.config, {**base, "precision": precision, "attention": attention}, args.batches)
-        print(f"{precision}, {attention} attention: step s {[round(s, 2) for s in seconds]}, median {statistics.median(seconds):.2f}; "
+    compiles = [False, True] if args.compile else [False]
+    for precision, attention, compiled in itertools.product(args.precisions, args.attention, compiles):
+        overrides = {**base, "precision": precision, "attention": attention, "compile": compiled}
+        seconds, losses = time_steps(args.config, overrides, args.batches)
+        print(f"{precision}, {attention} attention{', compiled' if compiled else ''}: step s {[round(s, 2) for s in seconds]}, "
+              f"median {statistics.median(seconds):.2f}; "
               f"loss {[round(x, 4) for x in losses]}", flush=True)
 
 

@@ -14,7 +14,7 @@ stage() {  # stage NAME COMMAND...: run it and print how long it took
   echo "== $name took $(( $(date +%s) - t0 )) s (training so far: $(( $(date +%s) - start )) s)"
 }
 rm -rf runs/synth runs/starter-align runs/starter-instruct runs/starter-dpo
-stage synth-train avllm synth --out runs/synth/train --n "$TRAIN_CLIPS" --seed 1
+stage synth-train avllm synth --out runs/synth/train --n "$TRAIN_CLIPS" --seed 1 --motion-twins
 # --model starter: the preset the align stage starts from, so the same encoder settings and the
 # same cache entries (the default, weights/starter, may hold other settings).
 stage features avllm features --model starter --data runs/synth/train/instructions.jsonl

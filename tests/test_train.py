@@ -170,6 +170,32 @@ def test_attention_kernels_agree_and_the_setting_reaches_the_llm(tmp_path, tiny_
         build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, attention="flash")))
 
 
+def test_compiled_layers_match_eager_and_keep_their_names(tmp_path, tiny_preset, dataset_dir):
+    """compile: true compiles each decoder layer in place: the same loss and adapter gradients on a
+    padded batch and on one without padding (no attention mask: another graph), the same names."""
+    results = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, compile=compiled)))
+        data = InstructionDataset(load(str(dataset_dir / "train.jsonl"), "instruction"),
+                                  FeatureCache(model, tmp_path / "features"), model, 512)
+        collate = Collator(model.tokenizer.pad_token_id)
+        losses = []
+        for pair in ((0, 2), (0, 1)):  # two lengths, then two of one length
+            batch = collate([data[i] for i in pair])
+            loss = model(batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"]).loss
+            loss.backward()
+            losses.append(loss.item())
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        layers = model.llm.get_base_model().get_decoder().layers
+        assert all((m._compiled_call_impl is not None) == compiled for m in layers)
+        results[compiled] = losses, grads
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-4)
+    assert results[True][1].keys() == results[False][1].keys()
+    for name, grad in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
 def train_cli(config: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "avllm.cli", "train", "sft", "--config", str(config), *extra],
