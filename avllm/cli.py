@@ -165,8 +165,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synth import synthesize
 
-    summary = synthesize(args.out, args.n, args.seed, workers=args.workers, heldout_frac=args.heldout_frac,
-                         motion_twins=args.motion_twins)
+    summary = synthesize(args.out, args.n, args.seed, workers=args.workers, heldout_frac=args.heldout_frac)
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts.items())
     print(f"{summary.out}: {counts}; seed {summary.seed}, {summary.seconds:.1f} s")
     return 0
@@ -253,8 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=positive_int, default=2, help="processes rendering clips")
     synth.add_argument("--heldout-frac", type=float, default=0.1,
                        help="share of spoken clips using held-out words (test-only; reported apart)")
-    synth.add_argument("--motion-twins", action="store_true",
-                       help="each odd clip with moving shapes is its even neighbour moving the other way (training sets)")
     synth.set_defaults(func=cmd_synth)
 
     evaluate = sub.add_parser("eval", help="zero-shot evaluation on QA files and benchmarks; JSON + Markdown report")

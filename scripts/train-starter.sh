@@ -14,21 +14,16 @@ stage() {  # stage NAME COMMAND...: run it and print how long it took
   echo "== $name took $(( $(date +%s) - t0 )) s (training so far: $(( $(date +%s) - start )) s)"
 }
 rm -rf runs/synth runs/starter-align runs/starter-instruct runs/starter-dpo
-stage synth-train avllm synth --out runs/synth/train --n "$TRAIN_CLIPS" --seed 1 --motion-twins
+stage synth-train avllm synth --out runs/synth/train --n "$TRAIN_CLIPS" --seed 1
 # --model starter: the preset the align stage starts from, so the same encoder settings and the
 # same cache entries (the default, weights/starter, may hold other settings).
 stage features avllm features --model starter --data runs/synth/train/instructions.jsonl
-# The align stage reads multiple-choice records alone: one short answer each, about one
-# picture or sound fact, which is what the projectors must learn to carry. It takes all those
-# whose fact spans frames (motion, first, last, sync, at-sound: the summary tokens must learn
-# to compare slots) and every third of the others, which are learnt quickly in any case.
+# The align stage reads the multiple-choice records alone: one short answer each, about one
+# picture or sound fact, which is what the projectors must learn to carry.
 python3 - <<'PY'
 import json
 lines = open("runs/synth/train/instructions.jsonl").read().splitlines()
-choice = [l for l in lines if json.loads(l)["style"] == "choice"]
-spans = {"motion", "first", "last", "sync", "at-sound"}
-keep = [l for l in choice if json.loads(l)["family"] in spans]
-keep += [l for l in choice if json.loads(l)["family"] not in spans][::3]
+keep = [l for l in lines if json.loads(l)["style"] == "choice"]
 open("runs/synth/train/align.jsonl", "w").write("\n".join(keep) + "\n")
 print(f"align.jsonl: {len(keep)} of {len(lines)} records")
 PY

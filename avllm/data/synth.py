@@ -79,21 +79,10 @@ def _spaced_slots(rng: np.random.Generator, n: int, allowed: list[int]) -> list[
             return slots
 
 
-def sample_facts(seed: int, index: int, heldout_frac: float = 0.1, motion_twins: bool = False) -> dict[str, Any]:
-    """The facts of clip `index` of a set made with `seed`; nothing else influences them.
-
-    With motion_twins each odd clip with moving shapes is its even neighbour moving the other way,
-    all else equal, so that training cannot tie a direction to a clip's look or sound: trained
-    models answered motion on 72% of their own clips but at chance on new ones.
-    """
-    cid = f"s{seed}-{index:05d}"
-    if motion_twins and index % 2:
-        twin = sample_facts(seed, index - 1, heldout_frac)
-        if twin["scene"] == "one":
-            dx, dy = MOTIONS[twin["motion"]]
-            opposite = next(name for name, step in MOTIONS.items() if step == (-dx, -dy))
-            return {**twin, "id": cid, "media": f"clips/{cid}.mp4", "index": index, "motion": opposite, "twin": twin["id"]}
+def sample_facts(seed: int, index: int, heldout_frac: float = 0.1) -> dict[str, Any]:
+    """The facts of clip `index` of a set made with `seed`; nothing else influences them."""
     rng = np.random.default_rng([seed, index, VERSION])
+    cid = f"s{seed}-{index:05d}"
     f: dict[str, Any] = {"id": cid, "media": f"clips/{cid}.mp4", "seed": seed, "index": index, "duration": SECONDS,
                          "slots": SLOTS, "scene": "two" if rng.random() < 0.3 else "one",
                          "jitter": [int(rng.integers(-10, 11)), int(rng.integers(-10, 11))]}
@@ -238,7 +227,7 @@ def _render(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
 
 
 def synthesize(out: str | Path, n: int, seed: int, workers: int = 2, heldout_frac: float = 0.1,
-               progress: bool = True, motion_twins: bool = False) -> SynthSummary:
+               progress: bool = True) -> SynthSummary:
     """Write n clips and their record files into `out` (see the module docstring)."""
     if n <= 0:
         raise DataError(f"--n {n}: give a positive number of clips")
@@ -247,7 +236,7 @@ def synthesize(out: str | Path, n: int, seed: int, workers: int = 2, heldout_fra
     start = time.perf_counter()
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
-    facts = [sample_facts(seed, i, heldout_frac, motion_twins) for i in range(n)]
+    facts = [sample_facts(seed, i, heldout_frac) for i in range(n)]
     jobs = [(f, str(out)) for f in facts]
     bar = tqdm(total=n, desc="synth clips", unit="clip", disable=not progress)
     results: list[dict[str, list]] = []
@@ -269,7 +258,7 @@ def synthesize(out: str | Path, n: int, seed: int, workers: int = 2, heldout_fra
         counts[name] = write_jsonl(out / f"{name}.jsonl", records)
     summary = SynthSummary(out, seed, n, counts, time.perf_counter() - start)
     stats = {
-        "version": VERSION, "seed": seed, "n": n, "heldout_frac": heldout_frac, "motion_twins": motion_twins, "vocab": list(VOCAB),
+        "version": VERSION, "seed": seed, "n": n, "heldout_frac": heldout_frac, "vocab": list(VOCAB),
         "heldout_vocab": list(HELDOUT_VOCAB), "counts": counts,
         "qa_by_kind": dict(Counter(r["kind"] for r in files["qa"])),
         "probes_by_answer": dict(Counter(r["answer"] for r in files["probes"])),

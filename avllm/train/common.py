@@ -46,8 +46,8 @@ def build_model(cfg: TrainConfig) -> AVLLM:
 def compile_layers(model: AVLLM) -> None:
     """Compile the LLM's decoder layers in place, each with the same code, so one graph (and one
     for inputs without padding) serves them all; the state dict keeps its names. On 2 CPU cores it
-    fuses the norms, activations and LoRA additions: the starter's instruct steps ran 1.85 s
-    against 2.27 s (bench/train_step.py --compile), gradients as close to float32's as eager
+    fuses the norms, activations and LoRA additions: a median starter instruct step of 1.90 s
+    against 2.45 s (`bench/train_step.py --compile`), gradients as close to float32's as eager
     bfloat16's."""
     base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
     for layer in base.get_decoder().layers:
