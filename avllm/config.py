@@ -197,7 +197,7 @@ class TrainConfig:
     precision: str = "bf16"  # bf16, fp16 (CUDA only) or fp32
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # the LLM's attention kernel: sdpa, or eager (faster on the CPU, but see the README)
-    compile: bool = False  # torch.compile each decoder layer (one graph for all of them): faster steps after ~30 s
+    compile: bool = False  # torch.compile each decoder layer (one graph for all of them): faster steps after ~20 s of compiling
     logging_steps: int = 10
     save_steps: int = 100  # a resumable checkpoint every this many steps
     save_total_limit: int = 2

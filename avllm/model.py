@@ -231,6 +231,11 @@ class AVLLM(nn.Module):
         return self._marks[text]
 
     # ---- text + media -> LLM --------------------------------------------------------------
+    @property
+    def base_llm(self) -> Any:
+        """The LLM without its peft wrapper (the same model when it carries no adapter)."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
     def tokenize(self, messages: list[Message], enc: EncodedClip, add_generation_prompt: bool) -> ChatTokens:
         """Chat template, label masks, then <video> expanded into this clip's slot layout."""
         return expand_placeholders(encode_chat(self.tokenizer, messages, add_generation_prompt), self.video_token_id, [self.layout(enc)])
@@ -267,7 +272,7 @@ class AVLLM(nn.Module):
                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """float32 logits [K, vocab] predicting the K labelled tokens, those tokens [K], and where
         they sit ([B, L-1] mask over next-token positions)."""
-        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        base = self.base_llm
         hidden = base.get_decoder()(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask,
                                     use_cache=False).last_hidden_state
         targets = labels[:, 1:]

@@ -307,8 +307,8 @@ class AVLLMScorer:
         import inspect
 
         if not hasattr(self, "_cache_kw"):
-            base = self.model.llm.get_base_model() if hasattr(self.model.llm, "get_base_model") else self.model.llm
-            self._cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+            params = inspect.signature(self.model.base_llm.forward).parameters
+            self._cache_kw = "cache" if "cache" in params else "past_key_values"
         extra = {self._cache_kw: cache} if cache is not None else {}
         if positions is not None:
             extra["position_ids"] = positions

@@ -49,8 +49,7 @@ def compile_layers(model: AVLLM) -> None:
     fuses the norms, activations and LoRA additions: a median starter instruct step of 1.90 s
     against 2.45 s (`bench/train_step.py --compile`), gradients as close to float32's as eager
     bfloat16's."""
-    base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
-    for layer in base.get_decoder().layers:
+    for layer in model.base_llm.get_decoder().layers:
         layer.compile(dynamic=True)
 
 
