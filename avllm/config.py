@@ -78,8 +78,10 @@ class ModelConfig:
     # for facts that span frames (which shape came first, which way things move).
     summary_tokens: int = 0
     time_marks: bool = False  # put "t=3s" text before each slot
-    dtype: str = "float32"  # LLM and projector dtype: float32, bfloat16, float16
-    # The frozen encoders' compute dtype (features are cached per dtype): float32, bfloat16, float16.
+    # LLM and projector dtype: float32, bfloat16, float16, or auto (bfloat16 where the device computes
+    # in it: CUDA with bf16, CPUs with AVX512-BF16 or AMX; float32 elsewhere, where bf16 is emulated).
+    dtype: str = "float32"
+    # The frozen encoders' compute dtype (features are cached per dtype): the same choices.
     encoder_dtype: str = "float32"
     # Whisper sees a window shorter than 30 s (a short clip, a long one's tail) at its own length
     # instead of padded to 30 s as it was trained: 12x faster on a 4 s clip, other features
@@ -194,7 +196,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     max_length: int = 1024  # tokens; longer examples are dropped (and counted in the log)
-    precision: str = "bf16"  # bf16, fp16 (CUDA only) or fp32
+    precision: str = "bf16"  # bf16, fp16 (CUDA only), fp32, or auto (bf16 where the device computes in it, else fp32)
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # the LLM's attention kernel: sdpa, or eager (faster on the CPU, but see the README)
     compile: bool = False  # torch.compile each decoder layer (one graph for all of them): faster steps after ~20 s of compiling

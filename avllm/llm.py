@@ -21,6 +21,24 @@ from .errors import ConfigError, ModelLoadError
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTO = "auto"  # bfloat16 where the hardware computes in it, else float32
+
+
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes in bfloat16 at full speed. CPUs without AVX512-BF16 or AMX emulate
+    it: a bfloat16 matmul of the starter's size took 1.5 s against 16 ms in float32 on an AVX2 EPYC."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_dtype(name: str, device: str, field: str = "dtype") -> str:
+    """A dtype name from a config ("auto" made concrete for `device`); a clear error for an unknown one."""
+    if name == AUTO:
+        return "bfloat16" if native_bf16(device) else "float32"
+    if name not in DTYPES:
+        raise ConfigError(f"{field} {name!r}: use one of {sorted(DTYPES) + [AUTO]}")
+    return name
 
 
 @dataclass
@@ -102,8 +120,7 @@ def load_llm(spec: str, quantization: str | None = None, dtype: str = "float32",
     """Load the LM and tokenizer named by `spec`, optionally 4- or 8-bit through bitsandbytes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype {dtype!r}: use one of {sorted(DTYPES)}")
+    dtype = resolve_dtype(dtype, device)
     source = resolve_llm_source(spec)
     if isinstance(source, Path) and source.suffix == ".gguf":
         source = convert_gguf(source)

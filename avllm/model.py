@@ -27,7 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import ModelConfig, load_model_config, to_dict
 from .errors import ConfigError, SpliceError
-from .llm import DTYPES, LoadedLLM, load_llm
+from .llm import DTYPES, LoadedLLM, load_llm, resolve_dtype
 from .media import Clip, MediaFacts, sample_times
 from .projector import build_projector
 from .projector.clip_summary import ClipSummary
@@ -100,12 +100,11 @@ class AVLLM(nn.Module):
         from .encoders.visual import CLIPVisualEncoder
 
         device = device or default_device()
-        if config.encoder_dtype not in DTYPES:
-            raise ConfigError(f"encoder_dtype {config.encoder_dtype!r}: use one of {sorted(DTYPES)}")
+        encoder_dtype = DTYPES[resolve_dtype(config.encoder_dtype, device, "encoder_dtype")]
         audio = WhisperAudioEncoder.from_spec(config.audio_encoder, device=device)
-        audio.input_dtype = DTYPES[config.encoder_dtype]
+        audio.input_dtype = encoder_dtype
         audio.trim_windows = config.trim_audio_windows
-        visual = CLIPVisualEncoder.from_spec(config.visual_encoder, config.visual_pretrained, device, DTYPES[config.encoder_dtype])
+        visual = CLIPVisualEncoder.from_spec(config.visual_encoder, config.visual_pretrained, device, encoder_dtype)
         llm = load_llm(config.llm, config.quantization, config.dtype, device)
         return cls(config, audio, visual, llm)
 

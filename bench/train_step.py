@@ -25,11 +25,11 @@ import torch
 from avllm.config import load_train_config
 from avllm.data import formats
 from avllm.data.dataset import Collator, InstructionDataset
-from avllm.train.common import build_model, feature_cache
+from avllm.train.common import build_model, feature_cache, resolve_precision
 
 
 def time_steps(config: str, overrides: dict, batches: int) -> tuple[list[float], list[float]]:
-    cfg = load_train_config(config, overrides)
+    cfg = resolve_precision(load_train_config(config, overrides))
     model = build_model(cfg)
     records = formats.load(cfg.data, "instruction")[: batches * cfg.batch_size]
     data = InstructionDataset(records, feature_cache(model, cfg), model, cfg.max_length)

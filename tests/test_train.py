@@ -21,7 +21,7 @@ from avllm.data.dataset import Collator, InstructionDataset
 from avllm.data.formats import load
 from avllm.model import AVLLM
 from avllm.prompt import IGNORE_INDEX
-from avllm.train.common import build_model, last_complete_checkpoint
+from avllm.train.common import build_model, last_complete_checkpoint, resolve_precision
 from conftest import write_clip
 from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
@@ -246,3 +246,19 @@ def test_recipe_numbers_written_without_a_dot_are_numbers():
     assert cfg.learning_rate == 0.002 and cfg.projector_lr == 0.001
     with pytest.raises(ConfigError, match="learning_rate: 'fast' is not a number"):
         from_dict(TrainConfig, {"learning_rate": "fast"})
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtypes_are_bfloat16_only_where_the_device_computes_in_it(tmp_path, tiny_preset, monkeypatch, native):
+    monkeypatch.setattr("avllm.llm.native_bf16", lambda device: native)
+    monkeypatch.setattr("avllm.train.common.native_bf16", lambda device: native)
+    config = dataclasses.replace(load_model_config(tiny_preset), dtype="auto", encoder_dtype="auto")
+    model = AVLLM.from_config(config, device="cpu")
+    want = torch.bfloat16 if native else torch.float32
+    assert model.llm.dtype == want and model.visual_encoder.dtype == want and model.audio_encoder.input_dtype == want
+    concrete = AVLLM.from_config(dataclasses.replace(config, encoder_dtype=str(want).removeprefix("torch.")), device="cpu")
+    assert FeatureCache(model, tmp_path).folder == FeatureCache(concrete, tmp_path).folder  # what auto became is the key
+    assert resolve_precision(TrainConfig(precision="auto")).precision == ("bf16" if native else "fp32")
+    assert resolve_precision(TrainConfig(precision="fp32")).precision == "fp32"
+    with pytest.raises(ConfigError, match=r"encoder_dtype 'bf16': use one of .*'auto'"):
+        AVLLM.from_config(dataclasses.replace(config, encoder_dtype="bf16"), device="cpu")

@@ -57,7 +57,7 @@ class FeatureCache:
             "audio": model.audio_encoder.description,
             "visual": model.visual_encoder.description,
             "media": asdict(model.config.media),
-            "encoder_dtype": model.config.encoder_dtype,
+            "encoder_dtype": str(model.visual_encoder.dtype).removeprefix("torch."),  # what "auto" became
             "format": FORMAT,
         }
         if model.config.trim_audio_windows:  # only when on: caches written before the option keep their key

@@ -24,6 +24,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from ..config import LoraConfig, ModelConfig, TrainConfig, load_model_config, to_dict
 from ..data.cache import FeatureCache
 from ..errors import ConfigError
+from ..llm import AUTO, native_bf16
 from ..model import CONFIG_FILE, AVLLM, default_device
 
 log = logging.getLogger(__name__)
@@ -159,10 +160,17 @@ class AVTrainer(Trainer):
         self.accelerator.unwrap_model(model or self.model).avllm.load_trainable(resume_from_checkpoint)
 
 
+def resolve_precision(cfg: TrainConfig) -> TrainConfig:
+    """precision: auto made concrete: bf16 autocast where the device computes in bfloat16, else fp32."""
+    if cfg.precision != AUTO:
+        return cfg
+    return dataclasses.replace(cfg, precision="bf16" if native_bf16(default_device()) else "fp32")
+
+
 def training_arguments(cfg: TrainConfig) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
     if cfg.precision not in ("bf16", "fp16", "fp32"):
-        raise ConfigError(f"precision {cfg.precision!r}: use bf16, fp16 or fp32")
+        raise ConfigError(f"precision {cfg.precision!r}: use bf16, fp16, fp32 or auto")
     if cfg.precision == "fp16" and not on_gpu:
         raise ConfigError("precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     return TrainingArguments(

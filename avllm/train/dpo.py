@@ -29,7 +29,7 @@ from ..data.dataset import PairCollator, PreferenceDataset
 from ..errors import ConfigError
 from ..model import AVLLM
 from .common import (AVTrainer, TrainableAVLLM, build_model, feature_cache, finish, fit_fresh_projectors, resume_point,
-                     training_arguments)
+                     resolve_precision, training_arguments)
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -98,6 +98,7 @@ def run_dpo(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     """Preference-tune an SFT checkpoint as configured; returns the saved checkpoint's folder."""
     if cfg.stage != "dpo":
         raise ConfigError(f"stage {cfg.stage!r}: a DPO recipe has stage: dpo")
+    cfg = resolve_precision(cfg)
     start = time.perf_counter()
     args = training_arguments(dataclasses.replace(cfg, group_by_length=False))  # pairs keep their random order
     records = formats.load(cfg.data, "preference", allow_outside=cfg.allow_media_outside)

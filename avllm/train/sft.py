@@ -9,11 +9,12 @@ from ..config import TrainConfig
 from ..data import formats
 from ..data.dataset import Collator, InstructionDataset
 from .common import (AVTrainer, TrainableAVLLM, build_model, feature_cache, finish, fit_fresh_projectors, resume_point,
-                     training_arguments)
+                     resolve_precision, training_arguments)
 
 
 def run_sft(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     """Train one SFT stage as configured; returns the folder of the saved checkpoint."""
+    cfg = resolve_precision(cfg)
     start = time.perf_counter()
     args = training_arguments(cfg)
     records = formats.load(cfg.data, "instruction", allow_outside=cfg.allow_media_outside)
