@@ -9,7 +9,7 @@ DEMO_QUESTION ?= What is happening in this video, and what can be heard?
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: demo test install starter-weights
+.PHONY: demo test lint install starter-weights
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Reproduce weights/starter from scratch (synthetic data, align, instruct, export, then DPO and
 # three held-out evaluations): 31 minutes to weights/starter on 2 quiet Intel cores with AMX (52 on

@@ -56,7 +56,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print()
-        print(f"[{report.timings['first_token']:.2f} s to first token, {report.timings['total']:.1f} s in all]", file=sys.stderr)
+        print(
+            f"[{report.timings['first_token']:.2f} s to first token, {report.timings['total']:.1f} s in all]",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -64,7 +67,10 @@ def report_header(model, enc) -> list[str]:  # noqa: ANN001 - AVLLM and EncodedC
     """What the answer will be built from, printed before it streams."""
     facts = enc.facts
     sound = f"{facts.audio_seconds:.1f} s of audio" if enc.audio is not None else "NO audio"
-    lines = [f"[{model.config.name}: {len(enc.frame_times) if enc.visual is not None else 0} frames, {sound}, {enc.duration:.1f} s clip]"]
+    lines = [
+        f"[{model.config.name}: {len(enc.frame_times) if enc.visual is not None else 0} frames, {sound}, "
+        f"{enc.duration:.1f} s clip]"
+    ]
     from .inference import model_warnings
 
     lines += [f"[warning: {w}]" for w in model_warnings(model) + facts.warnings]
@@ -111,9 +117,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.server import ServeSettings, serve
 
     logging.getLogger("avllm").setLevel(logging.INFO)
-    serve(ServeSettings(host=args.host, port=args.port, model=args.model, concurrency=args.concurrency,
-                        max_upload_mb=args.max_upload_mb, max_duration=args.max_duration,
-                        allow_local_files=args.allow_local_files, allow_remote_urls=not args.no_remote_urls))
+    serve(
+        ServeSettings(
+            host=args.host,
+            port=args.port,
+            model=args.model,
+            concurrency=args.concurrency,
+            max_upload_mb=args.max_upload_mb,
+            max_duration=args.max_duration,
+            allow_local_files=args.allow_local_files,
+            allow_remote_urls=not args.no_remote_urls,
+        )
+    )
     return 0
 
 
@@ -157,8 +172,10 @@ def cmd_features(args: argparse.Namespace) -> int:
     media = dataset_media(args.data, allow_outside=args.allow_outside_media)
     cache = FeatureCache(AVLLM.load(args.model), args.cache)
     stats = cache.build(media)
-    print(f"{len(set(media))} clips: {stats['hits']} cached already, {stats['built']} built, "
-          f"{stats['rebuilt']} rebuilt; in {cache.folder}")
+    print(
+        f"{len(set(media))} clips: {stats['hits']} cached already, {stats['built']} built, "
+        f"{stats['rebuilt']} rebuilt; in {cache.folder}"
+    )
     return 0
 
 
@@ -180,9 +197,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)  # fewer threads than cores when the CPU is shared (see --help)
-    report = run_eval(args.model, tasks, limit=args.limit, mode=args.mode, media_dir=args.media_dir,
-                      allow_outside=args.allow_outside_media, batch_size=args.batch_size,
-                      max_new_tokens=args.max_new_tokens, out=args.out)
+    report = run_eval(
+        args.model,
+        tasks,
+        limit=args.limit,
+        mode=args.mode,
+        media_dir=args.media_dir,
+        allow_outside=args.allow_outside_media,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        out=args.out,
+    )
     print(markdown(report), end="")
     if args.out:
         from pathlib import Path
@@ -199,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("media", help="video or audio file")
     chat.add_argument("question")
     chat.add_argument("--model", default=DEFAULT_MODEL, help="preset name, YAML file or checkpoint folder")
-    chat.add_argument("--frames", type=positive_int, default=None, help="frames to sample (default: the model's setting)")
+    chat.add_argument(
+        "--frames", type=positive_int, default=None, help="frames to sample (default: the model's setting)"
+    )
     chat.add_argument("--max-new-tokens", type=positive_int, default=128)
     chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     chat.add_argument("--json", action="store_true", help="print one JSON object: answer, what was used, timings")
@@ -213,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="fine-tune: sft (align, instruct) or dpo, from a YAML recipe")
     train.add_argument("kind", choices=["sft", "dpo"])
     train.add_argument("--config", required=True, help="configs/train/NAME.yaml")
-    train.add_argument("--resume", default="auto", help="auto (the newest checkpoint in output_dir), none, or a checkpoint folder")
+    train.add_argument(
+        "--resume", default="auto", help="auto (the newest checkpoint in output_dir), none, or a checkpoint folder"
+    )
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     train.set_defaults(func=cmd_train)
 
@@ -228,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--model", default=DEFAULT_MODEL)
     convert.set_defaults(func=cmd_convert)
 
-    export = sub.add_parser("export", help="copy a checkpoint's trained weights (projectors, LoRA) for shipping, in half precision")
+    export = sub.add_parser(
+        "export", help="copy a checkpoint's trained weights (projectors, LoRA) for shipping, in half precision"
+    )
     export.add_argument("--model", required=True, help="checkpoint folder (a training run's output_dir)")
     export.add_argument("--out", required=True, help="folder to write, e.g. weights/starter")
     export.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
@@ -241,34 +272,62 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--concurrency", type=positive_int, default=2, help="answers generated at once; others queue")
     serve.add_argument("--max-upload-mb", type=float, default=200.0, help="largest clip accepted (MiB)")
     serve.add_argument("--max-duration", type=float, default=600.0, help="longest clip accepted (seconds)")
-    serve.add_argument("--allow-local-files", action="store_true",
-                       help="let API requests name files on this machine (video_url: /path or file://)")
-    serve.add_argument("--no-remote-urls", action="store_true", help="refuse http(s) video_url values instead of fetching them")
+    serve.add_argument(
+        "--allow-local-files",
+        action="store_true",
+        help="let API requests name files on this machine (video_url: /path or file://)",
+    )
+    serve.add_argument(
+        "--no-remote-urls", action="store_true", help="refuse http(s) video_url values instead of fetching them"
+    )
     serve.set_defaults(func=cmd_serve)
-    synth = sub.add_parser("synth", help="write synthetic clips with known facts and instruction/preference/QA/probe files")
+    synth = sub.add_parser(
+        "synth", help="write synthetic clips with known facts and instruction/preference/QA/probe files"
+    )
     synth.add_argument("--out", required=True, help="folder to write (clips/ and *.jsonl)")
     synth.add_argument("--n", type=positive_int, default=1000, help="number of clips")
     synth.add_argument("--seed", type=int, default=0, help="defines the set; use different seeds for train and test")
     synth.add_argument("--workers", type=positive_int, default=2, help="processes rendering clips")
-    synth.add_argument("--heldout-frac", type=float, default=0.1,
-                       help="share of spoken clips using held-out words (test-only; reported apart)")
+    synth.add_argument(
+        "--heldout-frac",
+        type=float,
+        default=0.1,
+        help="share of spoken clips using held-out words (test-only; reported apart)",
+    )
     synth.set_defaults(func=cmd_synth)
 
     evaluate = sub.add_parser("eval", help="zero-shot evaluation on QA files and benchmarks; JSON + Markdown report")
     evaluate.add_argument("--model", default=DEFAULT_MODEL, help="preset name, YAML file or checkpoint folder")
-    evaluate.add_argument("--tasks", required=True,
-                          help="comma-separated PREFIX:PATH: jsonl:qa.jsonl, music-avqa:avqa-test.json, avsd:test.json, avhbench:json/")
+    evaluate.add_argument(
+        "--tasks",
+        required=True,
+        help="comma-separated PREFIX:PATH: jsonl:qa.jsonl, music-avqa:avqa-test.json, avsd:test.json, avhbench:json/",
+    )
     evaluate.add_argument("--limit", type=positive_int, default=None, help="score only the first N items of each task")
     evaluate.add_argument("--out", default=None, help="report JSON (FILE.md and FILE.predictions.jsonl beside it)")
-    evaluate.add_argument("--mode", choices=["loglik", "generate"], default="loglik",
-                          help="multiple choice by option log-likelihood, or by generating and matching the answer")
-    evaluate.add_argument("--media-dir", default=None, help="benchmark videos folder (default: the annotation file's folder)")
-    evaluate.add_argument("--allow-outside-media", action="store_true", help="let JSONL media paths leave the dataset folder")
+    evaluate.add_argument(
+        "--mode",
+        choices=["loglik", "generate"],
+        default="loglik",
+        help="multiple choice by option log-likelihood, or by generating and matching the answer",
+    )
+    evaluate.add_argument(
+        "--media-dir", default=None, help="benchmark videos folder (default: the annotation file's folder)"
+    )
+    evaluate.add_argument(
+        "--allow-outside-media", action="store_true", help="let JSONL media paths leave the dataset folder"
+    )
     evaluate.add_argument("--batch-size", type=positive_int, default=16, help="options scored per forward pass")
-    evaluate.add_argument("--max-new-tokens", type=positive_int, default=32, help="for open questions and --mode generate")
-    evaluate.add_argument("--threads", type=positive_int, default=None,
-                          help="CPU threads for torch (default: torch's choice); on a CPU busy with other work, 1 can be "
-                               "many times faster than oversubscribed threads")
+    evaluate.add_argument(
+        "--max-new-tokens", type=positive_int, default=32, help="for open questions and --mode generate"
+    )
+    evaluate.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice); on a CPU busy with other work, 1 can be "
+        "many times faster than oversubscribed threads",
+    )
     evaluate.set_defaults(func=cmd_eval)
     return parser
 

@@ -164,7 +164,9 @@ def load_model_config(spec: str) -> ModelConfig:
     if path.is_dir():
         cfg_file = path / "avllm_config.json"
         if not cfg_file.is_file():
-            raise ConfigError(f"{spec}: folder has no avllm_config.json; pass a preset ({list_presets()}) or a checkpoint")
+            raise ConfigError(
+                f"{spec}: folder has no avllm_config.json; pass a preset ({list_presets()}) or a checkpoint"
+            )
         return from_dict(ModelConfig, json.loads(cfg_file.read_text())["model"], str(cfg_file))
     if path.suffix in (".yaml", ".yml"):
         return from_dict(ModelConfig, load_yaml(path), str(path))
@@ -199,7 +201,9 @@ class TrainConfig:
     precision: str = "bf16"  # bf16, fp16 (CUDA only), fp32, or auto (bf16 where the device computes in it, else fp32)
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # the LLM's attention kernel: sdpa, or eager (faster on the CPU, but see the README)
-    compile: bool = False  # torch.compile each decoder layer (one graph for all of them): faster steps after ~20 s of compiling
+    compile: bool = (
+        False  # torch.compile each decoder layer (one graph for all of them): faster steps after ~20 s of compiling
+    )
     logging_steps: int = 10
     save_steps: int = 100  # a resumable checkpoint every this many steps
     save_total_limit: int = 2

@@ -72,8 +72,14 @@ def encode_file(model: AVLLM, path: str | Path, frames: int | None = None) -> En
     return decode_and_encode(model, path, with_frames(model.config.media, frames))[0]
 
 
-def answer_stream(model: AVLLM, enc: EncodedClip, question: str, history: list[Message] | None = None,
-                  settings: ChatSettings | None = None, report: ChatReport | None = None) -> Iterator[str]:
+def answer_stream(
+    model: AVLLM,
+    enc: EncodedClip,
+    question: str,
+    history: list[Message] | None = None,
+    settings: ChatSettings | None = None,
+    report: ChatReport | None = None,
+) -> Iterator[str]:
     """Stream the answer to `question` about `enc`, after earlier turns `history` (which hold the <video>).
 
     `report` is filled as the answer streams; its timings are measured from this call.
@@ -94,7 +100,9 @@ def answer_stream(model: AVLLM, enc: EncodedClip, question: str, history: list[M
     report.timings.update(enc.timings)
     start = time.perf_counter()
     pieces = []
-    for piece in model.stream(messages, enc, settings.max_new_tokens, settings.temperature, report.timings, report.tokens):
+    for piece in model.stream(
+        messages, enc, settings.max_new_tokens, settings.temperature, report.timings, report.tokens
+    ):
         if not pieces:
             report.timings["first_token"] = time.perf_counter() - start + sum(enc.timings.values())
         pieces.append(piece)

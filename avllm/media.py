@@ -177,7 +177,7 @@ def _looks_like_text(p: Path) -> bool:
     return bool(head) and b"\0" not in head and printable >= 0.95 * len(head)
 
 
-def _video_stream(container) -> av.video.stream.VideoStream | None:
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
     """The main video stream; cover art in audio files (attached pictures) does not count."""
     for s in container.streams.video:
         if not s.disposition & av.stream.Disposition.attached_pic:
@@ -185,20 +185,20 @@ def _video_stream(container) -> av.video.stream.VideoStream | None:
     return None
 
 
-def _audio_stream(container) -> av.audio.stream.AudioStream | None:
+def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream | None:
     return container.streams.audio[0] if container.streams.audio else None
 
 
-def _has_media(container) -> bool:
+def _has_media(container: av.container.InputContainer) -> bool:
     return _video_stream(container) is not None or _audio_stream(container) is not None
 
 
-def _codec_name(stream) -> str | None:
+def _codec_name(stream: av.stream.Stream) -> str | None:
     codec = stream.codec_context.codec
     return codec.canonical_name if codec is not None else None  # "mp3", not the decoder "mp3float"
 
 
-def _facts(path: str, container, cfg: MediaConfig) -> MediaFacts:
+def _facts(path: str, container: av.container.InputContainer, cfg: MediaConfig) -> MediaFacts:
     vs, aus = _video_stream(container), _audio_stream(container)
     if vs is None and aus is None:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -231,7 +231,7 @@ def _facts(path: str, container, cfg: MediaConfig) -> MediaFacts:
     )
 
 
-def _duration(container, streams) -> float | None:
+def _duration(container: av.container.InputContainer, streams: list[av.stream.Stream]) -> float | None:
     """Container duration, else the longest stream's, else the last packet found by demuxing."""
     if container.duration and container.duration > 0:
         return container.duration / 1e6
@@ -241,7 +241,7 @@ def _duration(container, streams) -> float | None:
     return _scan_end(container, streams)
 
 
-def _scan_end(container, streams) -> float | None:
+def _scan_end(container: av.container.InputContainer, streams: list[av.stream.Stream]) -> float | None:
     """Where the readable packets end (seconds from the start), reading without decoding."""
     start = container.start_time / 1e6 if container.start_time is not None else 0.0
     end = None
@@ -255,7 +255,7 @@ def _scan_end(container, streams) -> float | None:
     return end
 
 
-def _decode(container, stream, damaged: list[int]) -> Iterator:
+def _decode(container: av.container.InputContainer, stream: av.stream.Stream, damaged: list[int]) -> Iterator:
     """Frames of one stream; damaged packets are skipped (and counted), a broken tail ends it."""
     packets = container.demux(stream)
     while True:
@@ -293,7 +293,13 @@ def _slack(duration: float) -> float:
 # ----------------------------------------------------------------------------- audio
 
 
-def _read_audio(container, stream, start: float, facts: MediaFacts, cfg: MediaConfig):
+def _read_audio(
+    container: av.container.InputContainer,
+    stream: av.audio.stream.AudioStream,
+    start: float,
+    facts: MediaFacts,
+    cfg: MediaConfig,
+):
     """Mono 16 kHz float32 audio from the clip's start, cut at max_audio_seconds.
 
     Returns the samples and where the track ended (seconds), or None for the end when it was
@@ -331,7 +337,7 @@ def _read_audio(container, stream, start: float, facts: MediaFacts, cfg: MediaCo
     return np.clip(audio[:limit], -1.0, 1.0).astype(np.float32), None if cut else len(audio) / SAMPLE_RATE
 
 
-def _collect(frames, chunks: list[np.ndarray]) -> int:
+def _collect(frames: Iterator[av.AudioFrame], chunks: list[np.ndarray]) -> int:
     n = 0
     for f in frames:
         chunks.append(f.to_ndarray().reshape(-1))
@@ -353,7 +359,15 @@ def _audio_facts(audio: np.ndarray, facts: MediaFacts, cfg: MediaConfig) -> None
 # ----------------------------------------------------------------------------- video
 
 
-def _read_video(container, stream, start, facts: MediaFacts, cfg: MediaConfig, audio_end, progress: bool):
+def _read_video(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    start: float,
+    facts: MediaFacts,
+    cfg: MediaConfig,
+    audio_end: float | None,
+    progress: bool,
+):
     """Frames at sample_times(), seeking to each; recovers from short files and bad seeks."""
     times, notes = sample_times(facts.duration, cfg)
     picked, end, damaged = _try_seek(container, stream, start + times, progress)
@@ -398,7 +412,9 @@ def _convert(picked: list, max_side: int) -> np.ndarray:
     return np.stack(arrays)
 
 
-def _try_seek(container, stream, targets: np.ndarray, progress: bool):
+def _try_seek(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, targets: np.ndarray, progress: bool
+):
     """_seek_frames, or (None, None, ...) when this file cannot seek."""
     damaged = [0]
     try:
@@ -407,7 +423,13 @@ def _try_seek(container, stream, targets: np.ndarray, progress: bool):
         return None, None, damaged
 
 
-def _seek_frames(container, stream, targets: np.ndarray, damaged: list[int], progress: bool):
+def _seek_frames(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    targets: np.ndarray,
+    damaged: list[int],
+    progress: bool,
+):
     """For each target time (seconds, increasing) the frame showing then: the last with time <= t,
     else the first after. Returns the frames (None where nothing decoded) and, when the stream
     ran out, the time just past its last frame."""
@@ -434,7 +456,7 @@ class _KeyTimes:
     every 8 s are common). Without an index (matroska before its cues are read) it guesses.
     """
 
-    def __init__(self, stream):
+    def __init__(self, stream: av.video.stream.VideoStream):
         self.stream, self.count, self.times = stream, -1, np.zeros(0)
 
     def worth_seeking(self, position: float, target: float) -> bool:
@@ -449,7 +471,9 @@ class _KeyTimes:
         return i < len(self.times) and self.times[i] <= target
 
 
-def _scan_frames(container, stream, targets: np.ndarray, damaged: list[int]) -> list:
+def _scan_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, targets: np.ndarray, damaged: list[int]
+) -> list:
     """One decoding pass from the start, for files whose seeking fails; same choice rule."""
     picked, prev, i = [None] * len(targets), None, 0
     for frame in _decode(container, stream, damaged):
@@ -466,28 +490,28 @@ def _scan_frames(container, stream, targets: np.ndarray, damaged: list[int]) -> 
     return picked
 
 
-def _next_timed(frames):
+def _next_timed(frames: Iterator[av.VideoFrame]):
     for f in frames:
         if f.time is not None:
             return f
     return None
 
 
-def _frame_seconds(frame, stream) -> float:
+def _frame_seconds(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> float:
     if frame.duration and frame.time_base:
         return float(frame.duration * frame.time_base)
     rate = stream.average_rate or stream.guessed_rate
     return 1.0 / float(rate) if rate else 0.0
 
 
-def _target_size(frame, max_side: int) -> tuple[int, int]:
+def _target_size(frame: av.VideoFrame, max_side: int) -> tuple[int, int]:
     """(width, height) with the longer side at most max_side, keeping the aspect ratio."""
     w, h = frame.width, frame.height
     scale = min(1.0, max_side / max(w, h))
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def _to_rgb(frame, size: tuple[int, int]) -> np.ndarray:
+def _to_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
     """RGB uint8 [H, W, 3] at `size`, turned upright when the file says it is rotated (phones)."""
     rotation = getattr(frame, "rotation", 0) or 0
     rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")

@@ -77,13 +77,23 @@ class AVLLM(nn.Module):
         hidden, scale = table.shape[1], float(rows.float().pow(2).mean().sqrt())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # an untrained model answers the same way every run
-            self.visual_proj = build_projector(config.projector, visual_encoder.dim, hidden,
-                                               config.visual_tokens_per_slot, visual_encoder.grid, scale)
-            self.audio_proj = build_projector(config.projector, audio_encoder.dim, hidden,
-                                              config.audio_tokens_per_slot, out_scale=scale)
-            self.summary = ClipSummary(
-                (self.visual_proj.input_dim, self.audio_proj.input_dim), (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
-                hidden, config.summary_tokens, out_scale=scale) if config.summary_tokens else None
+            self.visual_proj = build_projector(
+                config.projector, visual_encoder.dim, hidden, config.visual_tokens_per_slot, visual_encoder.grid, scale
+            )
+            self.audio_proj = build_projector(
+                config.projector, audio_encoder.dim, hidden, config.audio_tokens_per_slot, out_scale=scale
+            )
+            self.summary = (
+                ClipSummary(
+                    (self.visual_proj.input_dim, self.audio_proj.input_dim),
+                    (config.visual_tokens_per_slot, config.audio_tokens_per_slot),
+                    hidden,
+                    config.summary_tokens,
+                    out_scale=scale,
+                )
+                if config.summary_tokens
+                else None
+            )
         for proj in self.projectors().values():
             proj.to(table.device, table.dtype)
         self._marks: dict[str, list[int]] = {}
@@ -136,8 +146,10 @@ class AVLLM(nn.Module):
             try:
                 proj.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
             except RuntimeError as exc:
-                raise ConfigError(f"{folder}: the {name} projector weights do not fit this model (saved by another "
-                                  f"preset or an older avllm?); retrain, or remove the folder: {exc}") from None
+                raise ConfigError(
+                    f"{folder}: the {name} projector weights do not fit this model (saved by another "
+                    f"preset or an older avllm?); retrain, or remove the folder: {exc}"
+                ) from None
         adapter_file = folder / ADAPTER_DIR / "adapter_model.safetensors"
         if hasattr(self.llm, "peft_config") and adapter_file.is_file():  # else: a fresh adapter starts here
             from peft import set_peft_model_state_dict
@@ -151,8 +163,14 @@ class AVLLM(nn.Module):
         """Config JSON, projectors as safetensors, LoRA as a peft adapter folder; encoders and LLM by name."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_FILE).write_text(json.dumps({"format": CHECKPOINT_FORMAT, "model": to_dict(self.config)}, indent=2))
-        tensors = {f"{name}.{k}": v.detach().contiguous().cpu() for name, proj in self.projectors().items() for k, v in proj.state_dict().items()}
+        (folder / CONFIG_FILE).write_text(
+            json.dumps({"format": CHECKPOINT_FORMAT, "model": to_dict(self.config)}, indent=2)
+        )
+        tensors = {
+            f"{name}.{k}": v.detach().contiguous().cpu()
+            for name, proj in self.projectors().items()
+            for k, v in proj.state_dict().items()
+        }
         save_file(tensors, folder / PROJECTOR_FILE)
         if hasattr(self.llm, "peft_config"):
             self.llm.save_pretrained(folder / ADAPTER_DIR)
@@ -164,8 +182,13 @@ class AVLLM(nn.Module):
         if self.config.lora is None:
             raise ConfigError("add_lora: the model config has no lora section")
         lora = self.config.lora
-        peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                              target_modules=lora.target_modules, task_type="CAUSAL_LM")
+        peft_cfg = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
         self.llm = get_peft_model(self.llm, peft_cfg)
 
     # ---- media -> embeddings --------------------------------------------------------------
@@ -204,14 +227,23 @@ class AVLLM(nn.Module):
         visual, audio = self.visual_proj.standardized(visual_slots), self.audio_proj.standardized(audio_slots)
         both = torch.cat([self.visual_proj(visual_slots, visual), self.audio_proj(audio_slots, audio)], dim=1)
         slots = both.reshape(-1, both.shape[-1])
-        return torch.cat([slots, self.summary([visual[0], audio[0]]).to(slots.dtype)]) if self.summary is not None else slots
+        return (
+            torch.cat([slots, self.summary([visual[0], audio[0]]).to(slots.dtype)])
+            if self.summary is not None
+            else slots
+        )
 
     def fit_projector_inputs(self, clips: list[EncodedClip]) -> None:
         """Fit both projectors' input standardisation on these clips' features (fresh projectors only)."""
         slots = [self.slot_features(enc) for enc in clips]
         for name, proj, side in (("visual", self.visual_proj, 0), ("audio", self.audio_proj, 1)):
             if not proj.fit_input_stats([x for pair in slots for x in pair[side]]):
-                log.warning("no %s features among %d clips: the %s projector's inputs stay unstandardised", name, len(clips), name)
+                log.warning(
+                    "no %s features among %d clips: the %s projector's inputs stay unstandardised",
+                    name,
+                    len(clips),
+                    name,
+                )
 
     def layout(self, enc: EncodedClip) -> list[int]:
         """What replaces <video>: per slot an optional time mark, then one placeholder per media token;
@@ -237,13 +269,17 @@ class AVLLM(nn.Module):
 
     def tokenize(self, messages: list[Message], enc: EncodedClip, add_generation_prompt: bool) -> ChatTokens:
         """Chat template, label masks, then <video> expanded into this clip's slot layout."""
-        return expand_placeholders(encode_chat(self.tokenizer, messages, add_generation_prompt), self.video_token_id, [self.layout(enc)])
+        return expand_placeholders(
+            encode_chat(self.tokenizer, messages, add_generation_prompt), self.video_token_id, [self.layout(enc)]
+        )
 
     def embed(self, input_ids: torch.Tensor, media: list[EncodedClip]) -> torch.Tensor:
         """Token embeddings with the media embeddings scattered into the placeholder positions."""
         mask = input_ids == self.video_token_id
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(mask, 0))
-        media_embeds = torch.cat([self.media_embeds(e) for e in media]) if media else embeds.new_zeros(0, embeds.shape[-1])
+        media_embeds = (
+            torch.cat([self.media_embeds(e) for e in media]) if media else embeds.new_zeros(0, embeds.shape[-1])
+        )
         if int(mask.sum()) != media_embeds.shape[0]:
             raise SpliceError(
                 f"the prompt holds {int(mask.sum())} media placeholder tokens but the clips give "
@@ -251,7 +287,13 @@ class AVLLM(nn.Module):
             )
         return embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), media_embeds.to(embeds.dtype))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip], labels: torch.Tensor | None = None) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        media: list[EncodedClip],
+        labels: torch.Tensor | None = None,
+    ) -> Any:
         """Without labels, the LLM's output. With labels, the next-token loss averaged within each
         conversation, then over the conversations, so that every conversation weighs the same: with
         a plain token mean, a 10-token description outweighs a one-word answer ten times. Logits are
@@ -267,19 +309,22 @@ class AVLLM(nn.Module):
         loss = (sums[counts > 0] / counts[counts > 0]).mean()
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
-    def label_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip],
-                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def label_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """float32 logits [K, vocab] predicting the K labelled tokens, those tokens [K], and where
         they sit ([B, L-1] mask over next-token positions)."""
         base = self.base_llm
-        hidden = base.get_decoder()(inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask,
-                                    use_cache=False).last_hidden_state
+        hidden = base.get_decoder()(
+            inputs_embeds=self.embed(input_ids, media), attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
         return base.get_output_embeddings()(hidden[:, :-1][keep]).float(), targets[keep], keep
 
-    def sequence_logps(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip],
-                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sequence_logps(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list[EncodedClip], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: the summed log-probability of its labelled tokens, and how many there are (DPO)."""
         logits, targets, keep = self.label_logits(input_ids, attention_mask, media, labels)
         token_logps = torch.log_softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1)
@@ -287,9 +332,15 @@ class AVLLM(nn.Module):
         sums = token_logps.new_zeros(len(labels)).index_add(0, rows, token_logps)
         return sums, keep.sum(1)
 
-    def stream(self, messages: list[Message], enc: EncodedClip, max_new_tokens: int = 128,
-               temperature: float = 0.0, timings: dict[str, float] | None = None,
-               counts: dict[str, int] | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        messages: list[Message],
+        enc: EncodedClip,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        timings: dict[str, float] | None = None,
+        counts: dict[str, int] | None = None,
+    ) -> Iterator[str]:
         """Generate an answer to the conversation, yielding text pieces as they are decoded.
 
         `timings` receives `prefill` (the LLM's first forward pass over the prompt), `counts`
@@ -322,10 +373,16 @@ class AVLLM(nn.Module):
         def run() -> None:
             try:
                 with torch.inference_mode():
-                    self.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), streamer=streamer,
-                                      max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                      stopping_criteria=StoppingCriteriaList([stopped]), **sampling)
-            except BaseException as exc:  # re-raised in the caller's thread below
+                    self.llm.generate(
+                        inputs_embeds=embeds,
+                        attention_mask=torch.ones_like(ids),
+                        streamer=streamer,
+                        max_new_tokens=max_new_tokens,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        stopping_criteria=StoppingCriteriaList([stopped]),
+                        **sampling,
+                    )
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
                 failure.append(exc)
                 streamer.end()
 
@@ -376,8 +433,11 @@ def export_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16")
         if name.suffix == ".safetensors":
             tensors = load_file(src / name)
             tensors = fold_input_whitening(tensors) if name.name == PROJECTOR_FILE else tensors
-            save_file({k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in tensors.items()},
-                      dst / name, metadata={"format": "pt"})
+            save_file(
+                {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in tensors.items()},
+                dst / name,
+                metadata={"format": "pt"},
+            )
         elif name.name == "adapter_config.json":  # peft wrote this machine's path to the LLM; name it portably
             adapter = json.loads((src / name).read_text())
             (dst / name).write_text(json.dumps({**adapter, "base_model_name_or_path": config.llm}, indent=2))

@@ -96,7 +96,9 @@ def expand_placeholders(tokens: ChatTokens, video_token_id: int, layouts: list[l
     """Replace the i-th <video> id with layouts[i] (media slots as placeholder ids, time marks as text)."""
     positions = [k for k, t in enumerate(tokens.input_ids) if t == video_token_id]
     if len(positions) != len(layouts):
-        raise SpliceError(f"the prompt has {len(positions)} {VIDEO_TOKEN} placeholder(s) but {len(layouts)} clip(s) were given")
+        raise SpliceError(
+            f"the prompt has {len(positions)} {VIDEO_TOKEN} placeholder(s) but {len(layouts)} clip(s) were given"
+        )
     ids: list[int] = []
     labels: list[int] = []
     last = 0

@@ -24,8 +24,19 @@ KEYS = ["load", "decode", "encode_audio", "encode_visual", "prefill", "first_tok
 
 
 def run_once(clip: Path, model: str, max_new_tokens: int) -> dict:
-    cmd = [sys.executable, "-m", "avllm.cli", "chat", str(clip), "What happens in this clip, and what can be heard?",
-           "--model", model, "--max-new-tokens", str(max_new_tokens), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "avllm.cli",
+        "chat",
+        str(clip),
+        "What happens in this clip, and what can be heard?",
+        "--model",
+        model,
+        "--max-new-tokens",
+        str(max_new_tokens),
+        "--json",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout)
 
@@ -39,13 +50,18 @@ def main() -> None:
     args = parser.parse_args()
     reports = [run_once(args.clip, args.model, args.max_new_tokens) for _ in range(args.runs)]
     first = reports[0]
-    print(f"clip {args.clip.name}: {first['duration']:.1f} s, {first['frames']} frames, "
-          f"audio used {first['audio_used']} ({first['audio_seconds']:.1f} s); model {args.model}; "
-          f"max_new_tokens {args.max_new_tokens}")
+    print(
+        f"clip {args.clip.name}: {first['duration']:.1f} s, {first['frames']} frames, "
+        f"audio used {first['audio_used']} ({first['audio_seconds']:.1f} s); model {args.model}; "
+        f"max_new_tokens {args.max_new_tokens}"
+    )
     print("run  " + " ".join(f"{k:>13}" for k in KEYS))
     for i, report in enumerate(reports, 1):
         print(f"{i:<4} " + " ".join(f"{report['timings'].get(k, float('nan')):13.2f}" for k in KEYS))
-    print("med  " + " ".join(f"{statistics.median(r['timings'].get(k, float('nan')) for r in reports):13.2f}" for k in KEYS))
+    print(
+        "med  "
+        + " ".join(f"{statistics.median(r['timings'].get(k, float('nan')) for r in reports):13.2f}" for k in KEYS)
+    )
 
 
 if __name__ == "__main__":

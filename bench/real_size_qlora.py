@@ -33,6 +33,7 @@ if importlib.util.find_spec("av") is None:
     # stand-in, withdrawn at once so that other libraries (torchvision.io) still see PyAV absent.
     sys.modules["av"] = types.ModuleType("av")
     import avllm.media  # noqa: F401
+
     del sys.modules["av"]
 
 import bitsandbytes
@@ -57,25 +58,54 @@ from avllm.train.common import AVTrainer, TrainableAVLLM, prepare_for_stage, sta
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2  # optimizer steps run before timing: CUDA kernels load, optimizer state is created
 GOAL_GIB = 24.0
-LARGE_V3 = ModelDimensions(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
-                           n_vocab=51866, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=32)
+LARGE_V3 = ModelDimensions(
+    n_mels=128,
+    n_audio_ctx=1500,
+    n_audio_state=1280,
+    n_audio_head=20,
+    n_audio_layer=32,
+    n_vocab=51866,
+    n_text_ctx=448,
+    n_text_state=1280,
+    n_text_head=20,
+    n_text_layer=32,
+)
 TINY_WHISPER = dataclasses.replace(LARGE_V3, n_mels=80, n_audio_state=64, n_audio_head=2, n_audio_layer=2)
 SYSTEM = "You are a helpful assistant."
 QUESTION = "Describe what happens in the video and what can be heard."
 ANSWER = "A dog runs across the grass while a man speaks and music plays in the background."
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def qwen_config(tiny: bool) -> Qwen2Config:
     """Qwen2.5-7B-Instruct's config.json, or a 2-layer model of the same family."""
     rope = {"rope_type": "default", "rope_theta": 1e6}
     if tiny:
-        return Qwen2Config(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, vocab_size=4096, max_position_embeddings=4096, rope_parameters=rope)
-    return Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_parameters=rope,
-                       rms_norm_eps=1e-6, tie_word_embeddings=False)
+        return Qwen2Config(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=4096,
+            max_position_embeddings=4096,
+            rope_parameters=rope,
+        )
+    return Qwen2Config(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        max_position_embeddings=32768,
+        rope_parameters=rope,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    )
 
 
 def stand_in_tokenizer() -> PreTrainedTokenizerFast:
@@ -85,7 +115,9 @@ def stand_in_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     backend.train_from_iterator([SYSTEM, QUESTION, ANSWER, "system user assistant t=1.5s"] * 4, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tokenizer.chat_template = CHATML
@@ -106,7 +138,9 @@ def random_encoders(config: ModelConfig, tiny: bool, device: str) -> tuple[Whisp
     """Whisper (float32 weights, input in encoder_dtype) and CLIP, both random as AVLLM.from_config builds them."""
     dims = TINY_WHISPER if tiny else LARGE_V3
     with torch.device(device):
-        state = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer).state_dict()
+        state = AudioEncoder(
+            dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer
+        ).state_dict()
         audio = WhisperAudioEncoder(dims, state, f"Whisper {'tiny' if tiny else 'large-v3'} encoder, random weights")
     audio.input_dtype = DTYPES[config.encoder_dtype]
     visual = CLIPVisualEncoder.from_spec(config.visual_encoder, None, device, DTYPES[config.encoder_dtype])
@@ -119,9 +153,23 @@ def synthetic_clip(config: ModelConfig, seconds: float = 30.0) -> Clip:
     times, _ = sample_times(seconds, config.media)
     frames = rng.integers(0, 256, (len(times), 360, 640, 3), dtype=np.uint8)
     audio = (0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
-    facts = MediaFacts(path="synthetic", container="none", duration=seconds, has_video=True, has_audio=True,
-                       audio_silent=False, video_codec=None, audio_codec=None, width=640, height=360, fps=None,
-                       audio_channels=1, audio_sample_rate=SAMPLE_RATE, frames=len(times), audio_seconds=seconds)
+    facts = MediaFacts(
+        path="synthetic",
+        container="none",
+        duration=seconds,
+        has_video=True,
+        has_audio=True,
+        audio_silent=False,
+        video_codec=None,
+        audio_codec=None,
+        width=640,
+        height=360,
+        fps=None,
+        audio_channels=1,
+        audio_sample_rate=SAMPLE_RATE,
+        frames=len(times),
+        audio_seconds=seconds,
+    )
     return Clip(frames, times, audio, facts)
 
 
@@ -130,8 +178,11 @@ def examples(model: AVLLM, enc: EncodedClip, seq_len: int, count: int) -> list[d
     then an answer filling the rest, so every text token after the media carries the loss (the most
     logits, hence memory, a sequence of this length can need)."""
     answer = " ".join([ANSWER] * math.ceil(seq_len / len(ANSWER.split())))  # at least a token per word
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": with_video(QUESTION)},
-                {"role": "assistant", "content": answer}]
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": with_video(QUESTION)},
+        {"role": "assistant", "content": answer},
+    ]
     tokens = model.tokenize(messages, enc, add_generation_prompt=False)
     assert len(tokens.input_ids) >= seq_len, "the answer should fill the sequence"
     item = {"input_ids": tokens.input_ids[:seq_len], "labels": tokens.labels[:seq_len], "media": enc}
@@ -156,7 +207,9 @@ def gib(n: int) -> float:
     return round(n / 2**30, 2)
 
 
-def build(cfg: TrainConfig, config: ModelConfig, tiny: bool, device: str, setup: dict[str, float]) -> tuple[AVLLM, dict[str, Any]]:
+def build(
+    cfg: TrainConfig, config: ModelConfig, tiny: bool, device: str, setup: dict[str, float]
+) -> tuple[AVLLM, dict[str, Any]]:
     """The model `avllm train sft` would build for this recipe, with random weights; its memory in GiB."""
     cuda = device == "cuda"
     start = time.perf_counter()
@@ -173,8 +226,15 @@ def build(cfg: TrainConfig, config: ModelConfig, tiny: bool, device: str, setup:
     llm_bytes = torch.cuda.memory_allocated() - encoder_bytes if cuda else 0
     model = AVLLM(config, audio, visual, llm)
     prepare_for_stage(model, cfg)  # as build_model does, which loads the weights by name instead
-    memory = {"encoders_gib": gib(encoder_bytes), "llm_loaded_gib": gib(llm_bytes),
-              "model_gib": gib(torch.cuda.memory_allocated())} if cuda else {}
+    memory = (
+        {
+            "encoders_gib": gib(encoder_bytes),
+            "llm_loaded_gib": gib(llm_bytes),
+            "model_gib": gib(torch.cuda.memory_allocated()),
+        }
+        if cuda
+        else {}
+    )
     return model, memory
 
 
@@ -192,14 +252,26 @@ def main() -> None:
     cuda = device == "cuda"
     torch.manual_seed(0)
     run_dir = tempfile.TemporaryDirectory(prefix="avllm-qlora-run-")
-    cfg = load_train_config(args.config, {
-        "batch_size": args.batch, "max_steps": WARMUP + args.steps, "max_length": seq_len, "logging_steps": 1,
-        "output_dir": run_dir.name, "dataloader_workers": 0})
+    cfg = load_train_config(
+        args.config,
+        {
+            "batch_size": args.batch,
+            "max_steps": WARMUP + args.steps,
+            "max_length": seq_len,
+            "logging_steps": 1,
+            "output_dir": run_dir.name,
+            "dataloader_workers": 0,
+        },
+    )
     train_args = training_arguments(cfg)  # first: a transformers without the pinned API fails in seconds
     config = stage_model_config(cfg)  # the recipe's quantization and adapter, as build_model uses
     if args.tiny:
-        config = dataclasses.replace(config, visual_encoder="ViT-B-32", media=dataclasses.replace(config.media, num_frames=4),
-                                     encoder_dtype=config.encoder_dtype if cuda else "float32")
+        config = dataclasses.replace(
+            config,
+            visual_encoder="ViT-B-32",
+            media=dataclasses.replace(config.media, num_frames=4),
+            encoder_dtype=config.encoder_dtype if cuda else "float32",
+        )
 
     setup: dict[str, float] = {}
     model, memory = build(cfg, config, args.tiny, device, setup)
@@ -209,8 +281,14 @@ def main() -> None:
     setup["clip_encoded"] = time.perf_counter() - start
     items = examples(model, enc, seq_len, (WARMUP + args.steps) * args.batch)
     clock = StepClock()
-    trainer = AVTrainer(model=TrainableAVLLM(model), args=train_args, train_dataset=items, callbacks=[clock],
-                        data_collator=Collator(model.tokenizer.pad_token_id), projector_lr=cfg.projector_lr)
+    trainer = AVTrainer(
+        model=TrainableAVLLM(model),
+        args=train_args,
+        train_dataset=items,
+        callbacks=[clock],
+        data_collator=Collator(model.tokenizer.pad_token_id),
+        projector_lr=cfg.projector_lr,
+    )
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -222,7 +300,11 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "versions": {m.__name__: m.__version__ for m in (torch, transformers, peft, bitsandbytes)},
         "models": [model.llm_description, model.audio_encoder.description, model.visual_encoder.description],
-        "tiny": args.tiny, "batch": args.batch, "seq_len": seq_len, "timed_steps": args.steps, "warmup_steps": WARMUP,
+        "tiny": args.tiny,
+        "batch": args.batch,
+        "seq_len": seq_len,
+        "timed_steps": args.steps,
+        "warmup_steps": WARMUP,
         "media_tokens_per_sequence": items[0]["input_ids"].count(model.video_token_id),
         "labelled_tokens_per_sequence": sum(label != IGNORE_INDEX for label in items[0]["labels"][1:]),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),

@@ -19,8 +19,12 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avllm.config import default_model
+
+if TYPE_CHECKING:
+    from openai import OpenAI
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -29,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP = REPO.parent / "shared" / "clips" / "videollama-dog_barking.mp4"
 
 
-def ask(client, model: str, messages: list[dict], max_tokens: int) -> tuple[float, str, dict]:
+def ask(client: OpenAI, model: str, messages: list[dict], max_tokens: int) -> tuple[float, str, dict]:
     start = time.perf_counter()
     ttft, pieces, last = None, [], None
     for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, stream=True):
@@ -46,7 +50,9 @@ def main() -> None:
     parser.add_argument("--clip", default=str(DEFAULT_CLIP))
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=3, help="rounds; each round uses a fresh copy of the clip (a new upload)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds; each round uses a fresh copy of the clip (a new upload)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -62,8 +68,10 @@ def main() -> None:
     data = clip.read_bytes()
     start = time.perf_counter()
     model = AVLLM.load(args.model)
-    print(f"model {args.model} loaded in {time.perf_counter() - start:.1f} s; torch threads {torch.get_num_threads()}; "
-          f"device {next(model.llm.parameters()).device}")
+    print(
+        f"model {args.model} loaded in {time.perf_counter() - start:.1f} s; torch threads {torch.get_num_threads()}; "
+        f"device {next(model.llm.parameters()).device}"
+    )
     settings = ServeSettings(port=0, model=args.model, examples_dir=None)
     rows = []
     with BackgroundServer(settings, model=model) as server:
@@ -78,12 +86,18 @@ def main() -> None:
             second = first + [{"role": "assistant", "content": a1}, {"role": "user", "content": "What can be heard?"}]
             t2, a2, f2 = ask(client, args.model, second, args.max_tokens)
             rows.append((t1, t2, f1, f2))
-            print(f"round {r + 1}: first {t1:.3f} s (reused={f1.get('clip_reused')}), second {t2:.3f} s (reused={f2.get('clip_reused')})")
+            print(
+                f"round {r + 1}: first {t1:.3f} s (reused={f1.get('clip_reused')}), "
+                f"second {t2:.3f} s (reused={f2.get('clip_reused')})"
+            )
     t1s, t2s = [r[0] for r in rows], [r[1] for r in rows]
     f1, f2 = rows[-1][2], rows[-1][3]
     print()
-    print(f"clip: {clip.name}, {f1.get('duration', 0):.1f} s, {f1.get('frames')} frames, audio {f1.get('audio_seconds', 0):.1f} s; "
-          f"max_tokens {args.max_tokens}")
+    print(
+        f"clip: {clip.name}, {f1.get('duration', 0):.1f} s, {f1.get('frames')} frames, "
+        f"audio {f1.get('audio_seconds', 0):.1f} s; "
+        f"max_tokens {args.max_tokens}"
+    )
     print(f"time to first token, client side (median of {len(rows)}):")
     print(f"  first question  (decode + encode + prefill): {statistics.median(t1s):.3f} s")
     print(f"  second question (features reused, follow-up): {statistics.median(t2s):.3f} s")

@@ -65,9 +65,13 @@ def main() -> None:
     for precision, attention, compiled in itertools.product(args.precisions, args.attention, compiles):
         overrides = {**base, "precision": precision, "attention": attention, "compile": compiled}
         seconds, losses = time_steps(args.config, overrides, args.batches)
-        print(f"{precision}, {attention} attention{', compiled' if compiled else ''}: step s {[round(s, 2) for s in seconds]}, "
-              f"median {statistics.median(seconds):.2f}; "
-              f"loss {[round(x, 4) for x in losses]}", flush=True)
+        print(
+            f"{precision}, {attention} attention{', compiled' if compiled else ''}: "
+            f"step s {[round(s, 2) for s in seconds]}, "
+            f"median {statistics.median(seconds):.2f}; "
+            f"loss {[round(x, 4) for x in losses]}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

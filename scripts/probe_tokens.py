@@ -22,7 +22,9 @@ from avllm.data.cache import FeatureCache
 from avllm.model import AVLLM
 
 
-def media_tokens(model: AVLLM, cache: FeatureCache, folder: Path, fact: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+def media_tokens(
+    model: AVLLM, cache: FeatureCache, folder: Path, fact: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Per token set [clips, features] for the one-group clips of a synth folder, and their labels."""
     sets: dict[str, list[torch.Tensor]] = {"summary": [], "slot": []}
     labels = []
@@ -33,13 +35,15 @@ def media_tokens(model: AVLLM, cache: FeatureCache, folder: Path, fact: str) -> 
             continue
         with torch.no_grad():
             tokens = model.media_embeds(cache.get(folder / clip["media"])).float()
-        sets["summary"].append(tokens[len(tokens) - summary:].flatten())
+        sets["summary"].append(tokens[len(tokens) - summary :].flatten())
         sets["slot"].append(tokens[: len(tokens) - summary].flatten())
         labels.append(str(clip[fact]))
     return {name: torch.stack(rows) for name, rows in sets.items() if rows and rows[0].numel()}, labels
 
 
-def probe(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, weight_decay: float, steps: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+def probe(
+    train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, weight_decay: float, steps: int = 300
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression on standardised inputs (Adam, full batch): predictions on both."""
     mean, std = train.mean(0), train.std(0) + 1e-4
     train, test = (train - mean) / std, (test - mean) / std
@@ -71,9 +75,14 @@ def main() -> None:
     for tokens in train:
         for weight_decay in (1e-3, 1e-2, 1e-1):
             on_train, on_test = probe(train[tokens], train_y, test[tokens], weight_decay)
-            print(f"{args.fact} from the {tokens} tokens ({train[tokens].shape[1]} numbers), weight decay {weight_decay}: "
-                  f"training clips {(on_train == train_y).float().mean():.2f}, held-out {(on_test == test_y).float().mean():.2f} "
-                  f"({len(test_y)} clips)", flush=True)
+            print(
+                f"{args.fact} from the {tokens} tokens ({train[tokens].shape[1]} numbers), "
+                f"weight decay {weight_decay}: "
+                f"training clips {(on_train == train_y).float().mean():.2f}, "
+                f"held-out {(on_test == test_y).float().mean():.2f} "
+                f"({len(test_y)} clips)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -119,9 +119,7 @@ def video_only_clip(clip_dir) -> Path:
 @pytest.fixture(scope="session")
 def audio_only_wav(clip_dir) -> Path:
     """4 s of a 440 Hz tone, mono 16-bit PCM at 22.05 kHz."""
-    return write_clip(
-        clip_dir / "tone.wav", with_video=False, audio_codec="pcm_s16le", sample_rate=22050, channels=1
-    )
+    return write_clip(clip_dir / "tone.wav", with_video=False, audio_codec="pcm_s16le", sample_rate=22050, channels=1)
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,16 @@ def tiny_whisper_checkpoint(folder: Path, n_audio_state: int = 32) -> Path:
     import whisper
 
     dims = whisper.model.ModelDimensions(
-        n_mels=80, n_audio_ctx=1500, n_audio_state=n_audio_state, n_audio_head=2, n_audio_layer=1,
-        n_vocab=51864, n_text_ctx=8, n_text_state=n_audio_state, n_text_head=2, n_text_layer=1,
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=n_audio_state,
+        n_audio_head=2,
+        n_audio_layer=1,
+        n_vocab=51864,
+        n_text_ctx=8,
+        n_text_state=n_audio_state,
+        n_text_head=2,
+        n_text_layer=1,
     )
     torch.manual_seed(0)
     model = whisper.model.Whisper(dims)
@@ -54,15 +62,34 @@ def tiny_llm_folder(folder: Path, hidden: int = 32) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     corpus = ["What is in the video? A red square moves left. A dog barks. Someone says hello."] * 4
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
-                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                        bos_token="<|im_start|>", unk_token="<|endoftext|>")
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        unk_token="<|endoftext|>",
+    )
     tokenizer.chat_template = CHATML
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-                         tie_word_embeddings=True, initializer_range=0.3)  # logits wide enough to learn
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+    )  # logits wide enough to learn
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     path = Path(folder) / "tiny-llm"

@@ -21,11 +21,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from conftest import write_clip  # noqa: E402
+from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint  # noqa: E402
+
 from avllm.config import MediaConfig, ModelConfig  # noqa: E402
 from avllm.model import AVLLM  # noqa: E402
 from avllm.serve.server import SHARED_CLIPS, BackgroundServer, ServeSettings  # noqa: E402
-from conftest import write_clip  # noqa: E402
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint  # noqa: E402
 
 MAX_UPLOAD_MB = 1.0
 MAX_DURATION = 20.0
@@ -33,8 +34,12 @@ MAX_DURATION = 20.0
 
 def chatty_tiny_model(folder: Path) -> AVLLM:
     config = ModelConfig(
-        name="tiny", audio_encoder=str(tiny_whisper_checkpoint(folder)), visual_encoder=str(tiny_clip_config(folder)),
-        llm=str(tiny_llm_folder(folder)), visual_tokens_per_slot=4, audio_tokens_per_slot=2,
+        name="tiny",
+        audio_encoder=str(tiny_whisper_checkpoint(folder)),
+        visual_encoder=str(tiny_clip_config(folder)),
+        llm=str(tiny_llm_folder(folder)),
+        visual_tokens_per_slot=4,
+        audio_tokens_per_slot=2,
         media=MediaConfig(num_frames=3),
     )
     model = AVLLM.from_config(config, device="cpu")
@@ -48,14 +53,24 @@ def chatty_tiny_model(folder: Path) -> AVLLM:
     def printable(text: str) -> bool:
         return bool(text.strip()) and all(c.isascii() and (c.isalnum() or c in " .,?!'") for c in text)
 
-    model.llm.generation_config.suppress_tokens = [i for i in range(model.llm.config.vocab_size) if not printable(tok.decode([i]))]
+    model.llm.generation_config.suppress_tokens = [
+        i for i in range(model.llm.config.vocab_size) if not printable(tok.decode([i]))
+    ]
     model.eval()
     return model
 
 
 def start_server(folder: Path, **overrides) -> BackgroundServer:
-    settings = ServeSettings(port=0, model="tiny", concurrency=2, max_upload_mb=MAX_UPLOAD_MB, max_duration=MAX_DURATION,
-                             max_new_tokens=64, examples_dir=str(SHARED_CLIPS), **overrides)
+    settings = ServeSettings(
+        port=0,
+        model="tiny",
+        concurrency=2,
+        max_upload_mb=MAX_UPLOAD_MB,
+        max_duration=MAX_DURATION,
+        max_new_tokens=64,
+        examples_dir=str(SHARED_CLIPS),
+        **overrides,
+    )
     return BackgroundServer(settings, model=chatty_tiny_model(folder)).start()
 
 
@@ -74,9 +89,15 @@ def serve_clips(tmp_path_factory) -> dict[str, Path]:
         "av": write_clip(folder / "av.mp4", seconds=4.0),
         "short": write_clip(folder / "short.mp4", seconds=2.0, tone_hz=880.0),
         "mute": write_clip(folder / "mute.mp4", seconds=6.0, with_audio=False),
-        "long6": write_clip(folder / "long6.webm", seconds=3.0, video_codec="libvpx-vp9", audio_codec="libopus", sample_rate=48000),
-        "wav": write_clip(folder / "tone.wav", seconds=3.0, with_video=False, audio_codec="pcm_s16le", sample_rate=16000, channels=1),
-        "too_long": write_clip(folder / "too_long.mp4", seconds=MAX_DURATION + 5, width=16, height=16, fps=2, with_audio=False),
+        "long6": write_clip(
+            folder / "long6.webm", seconds=3.0, video_codec="libvpx-vp9", audio_codec="libopus", sample_rate=48000
+        ),
+        "wav": write_clip(
+            folder / "tone.wav", seconds=3.0, with_video=False, audio_codec="pcm_s16le", sample_rate=16000, channels=1
+        ),
+        "too_long": write_clip(
+            folder / "too_long.mp4", seconds=MAX_DURATION + 5, width=16, height=16, fps=2, with_audio=False
+        ),
     }
 
 

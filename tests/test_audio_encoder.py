@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 import whisper
+from factories import tiny_whisper_checkpoint
+from test_ct2_whisper import write_fake_ct2
 
 from avllm.encoders.audio import WhisperAudioEncoder, save_checkpoint
 from avllm.errors import ModelLoadError
-from factories import tiny_whisper_checkpoint
-from test_ct2_whisper import write_fake_ct2
 
 SR = 16000
 
@@ -156,7 +156,11 @@ def test_spec_forms_give_the_same_encoder(tmp_path, monkeypatch, encoder):
     monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
     audio = noise(2.0)
     expected = encoder([audio])[0]
-    for spec, where in [(str(ct2), "CTranslate2 folder"), (str(st), "checkpoint"), ("tiny.en", "openai-whisper tiny.en")]:
+    for spec, where in [
+        (str(ct2), "CTranslate2 folder"),
+        (str(st), "checkpoint"),
+        ("tiny.en", "openai-whisper tiny.en"),
+    ]:
         other = WhisperAudioEncoder.from_spec(spec)
         assert where in other.description and other.dim == 32
         torch.testing.assert_close(other([audio])[0], expected, atol=1e-6, rtol=0)
@@ -192,7 +196,9 @@ def test_model_name_without_network_says_what_to_do(tmp_path, monkeypatch):
         WhisperAudioEncoder.from_spec("large-v3")
 
 
-@pytest.mark.parametrize("make", ["unknown", "missing_pt", "garbage_pt", "folder", "no_dims", "no_pkg", "pkg_without_model"])
+@pytest.mark.parametrize(
+    "make", ["unknown", "missing_pt", "garbage_pt", "folder", "no_dims", "no_pkg", "pkg_without_model"]
+)
 def test_bad_specs_raise_model_load_error(tmp_path, make):
     spec, match = {
         "unknown": ("tiny-whisperish", "tiny-whisperish.*CTranslate2 folder"),

@@ -7,11 +7,21 @@ import sys
 
 import pytest
 import yaml
-
-from avllm.cli import main
 from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
-REPORT_KEYS = {"answer", "audio_used", "audio_seconds", "frames", "duration", "truncated", "model", "warnings", "timings"}
+from avllm.cli import main
+
+REPORT_KEYS = {
+    "answer",
+    "audio_used",
+    "audio_seconds",
+    "frames",
+    "duration",
+    "truncated",
+    "model",
+    "warnings",
+    "timings",
+}
 TIMING_KEYS = {"load", "decode", "encode_audio", "encode_visual", "prefill", "first_token", "total"}
 
 

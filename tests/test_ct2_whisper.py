@@ -13,17 +13,29 @@ import numpy as np
 import pytest
 import torch
 import whisper
+from factories import tiny_whisper_checkpoint
 
 from avllm.encoders import ct2_whisper
 from avllm.errors import ModelLoadError
-from factories import tiny_whisper_checkpoint
 
 _CODES = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.float16): 4}
-_LAYER = {"attn_ln": "self_attention/layer_norm", "attn.out": "self_attention/linear_1", "mlp.0": "ffn/linear_0",
-          "mlp.2": "ffn/linear_1", "mlp_ln": "ffn/layer_norm", "cross_attn.query": "attention/linear_0",
-          "cross_attn.out": "attention/linear_2", "cross_attn_ln": "attention/layer_norm"}
-_TOP = {"encoder.conv1": "encoder/conv1", "encoder.conv2": "encoder/conv2", "encoder.ln_post": "encoder/layer_norm",
-        "decoder.token_embedding": "decoder/embeddings", "decoder.ln": "decoder/layer_norm"}
+_LAYER = {
+    "attn_ln": "self_attention/layer_norm",
+    "attn.out": "self_attention/linear_1",
+    "mlp.0": "ffn/linear_0",
+    "mlp.2": "ffn/linear_1",
+    "mlp_ln": "ffn/layer_norm",
+    "cross_attn.query": "attention/linear_0",
+    "cross_attn.out": "attention/linear_2",
+    "cross_attn_ln": "attention/layer_norm",
+}
+_TOP = {
+    "encoder.conv1": "encoder/conv1",
+    "encoder.conv2": "encoder/conv2",
+    "encoder.ln_post": "encoder/layer_norm",
+    "decoder.token_embedding": "decoder/embeddings",
+    "decoder.ln": "decoder/layer_norm",
+}
 
 
 def _ct2_variables(state: dict[str, torch.Tensor], dims, heads: bool = True) -> dict[str, np.ndarray]:
@@ -32,7 +44,9 @@ def _ct2_variables(state: dict[str, torch.Tensor], dims, heads: bool = True) -> 
     get = lambda k: state[k].numpy()  # noqa: E731
     for key, tensor in state.items():
         owner, _, leaf = key.rpartition(".")
-        ct2_leaf = {"weight": "gamma", "bias": "beta"}[leaf] if owner.endswith("ln") or owner.endswith("ln_post") else leaf
+        ct2_leaf = (
+            {"weight": "gamma", "bias": "beta"}[leaf] if owner.endswith("ln") or owner.endswith("ln_post") else leaf
+        )
         if key.endswith("positional_embedding"):
             out[f"{key.split('.')[0]}/position_encodings/encodings"] = tensor.numpy()
         elif owner in _TOP:
@@ -45,14 +59,21 @@ def _ct2_variables(state: dict[str, torch.Tensor], dims, heads: bool = True) -> 
     for side, n_layer in (("encoder", dims.n_audio_layer), ("decoder", dims.n_text_layer)):
         for i in range(n_layer):
             p = f"{side}.blocks.{i}."
-            for attn, parts, target in (("attn", ("query", "key", "value"), "self_attention/linear_0"),
-                                        ("cross_attn", ("key", "value"), "attention/linear_1")):
+            for attn, parts, target in (
+                ("attn", ("query", "key", "value"), "self_attention/linear_0"),
+                ("cross_attn", ("key", "value"), "attention/linear_1"),
+            ):
                 if f"{p}{attn}.key.weight" not in state:
                     continue
                 out[f"{side}/layer_{i}/{target}/weight"] = np.concatenate([get(f"{p}{attn}.{q}.weight") for q in parts])
                 out[f"{side}/layer_{i}/{target}/bias"] = np.concatenate(
-                    [np.zeros(state[f"{p}{attn}.key.weight"].shape[0], np.float32) if q == "key" else get(f"{p}{attn}.{q}.bias")
-                     for q in parts])
+                    [
+                        np.zeros(state[f"{p}{attn}.key.weight"].shape[0], np.float32)
+                        if q == "key"
+                        else get(f"{p}{attn}.{q}.bias")
+                        for q in parts
+                    ]
+                )
     if heads:
         out["encoder/num_heads"] = np.array(dims.n_audio_head, np.int16)
         out["decoder/num_heads"] = np.array(dims.n_text_head, np.int16)
@@ -62,6 +83,7 @@ def _ct2_variables(state: dict[str, torch.Tensor], dims, heads: bool = True) -> 
 
 def write_model_bin(path: Path, variables: dict[str, np.ndarray], aliases: dict[str, str]) -> Path:
     """Write CTranslate2's model.bin layout (version 6) by hand, as ctranslate2's spec writer does."""
+
     def string(s: str) -> bytes:
         raw = s.encode() + b"\0"
         return struct.pack("<H", len(raw)) + raw
@@ -69,8 +91,13 @@ def write_model_bin(path: Path, variables: dict[str, np.ndarray], aliases: dict[
     parts = [struct.pack("<I", 6), string("WhisperSpec"), struct.pack("<I", 3), struct.pack("<I", len(variables))]
     for name, value in sorted(variables.items()):
         value = np.asarray(value, order="C")  # not ascontiguousarray: it turns scalars into shape (1,)
-        parts += [string(name), struct.pack("<B", value.ndim), *(struct.pack("<I", d) for d in value.shape),
-                  struct.pack("<BI", _CODES[value.dtype], value.nbytes), value.tobytes()]
+        parts += [
+            string(name),
+            struct.pack("<B", value.ndim),
+            *(struct.pack("<I", d) for d in value.shape),
+            struct.pack("<BI", _CODES[value.dtype], value.nbytes),
+            value.tobytes(),
+        ]
     parts.append(struct.pack("<I", len(aliases)))
     for alias, target in aliases.items():
         parts += [string(alias), string(target)]
@@ -87,7 +114,9 @@ def write_fake_ct2(folder: Path, n_audio_state: int = 32, dtype=np.float32, head
     state["decoder.positional_embedding"] = torch.randn(pos.shape, generator=torch.Generator().manual_seed(1))
     if dtype == np.float16:  # keep the expected weights representable, so the round trip stays exact
         state = {k: v.half().float() for k, v in state.items()}
-    variables = {k: (v.astype(dtype) if v.dtype == np.float32 else v) for k, v in _ct2_variables(state, dims, heads).items()}
+    variables = {
+        k: (v.astype(dtype) if v.dtype == np.float32 else v) for k, v in _ct2_variables(state, dims, heads).items()
+    }
     # CTranslate2 stores the tied output projection once and aliases it.
     ct2 = folder / "ct2-tiny"
     ct2.mkdir()

@@ -28,18 +28,44 @@ def turns(*pairs):
     return [{"role": r, "content": c} for r, c in pairs]
 
 
-GOOD_CONV = turns(("system", "Be brief."), ("user", "<video>\nWhat is shown?"), ("assistant", "A red circle."),
-                  ("user", "And the sound?"), ("assistant", "A beep."))
+GOOD_CONV = turns(
+    ("system", "Be brief."),
+    ("user", "<video>\nWhat is shown?"),
+    ("assistant", "A red circle."),
+    ("user", "And the sound?"),
+    ("assistant", "A beep."),
+)
 
 
 def test_good_files_load_with_resolved_media_and_extra_fields(folder):
-    ins = write(folder / "ins.jsonl", [{"id": "x1", "media": "clips/a.mp4", "conversations": GOOD_CONV, "style": "open"}])
-    pref = write(folder / "pref.jsonl", [{"id": 7, "media": "clips/a.mp4", "prompt": GOOD_CONV[:4],
-                                          "chosen": "No beep.", "rejected": "A dog barks."}])
-    qa = write(folder / "qa.jsonl", [
-        {"id": "q1", "media": "clips/a.mp4", "question": "Colour?", "choices": ["red", "blue"], "answer": "red", "kind": "visual"},
-        {"id": "q2", "media": "clips/a.mp4", "question": "Say it.", "answer": "hello", "kind": "speech", "split": "heldout_vocab"},
-    ])
+    ins = write(
+        folder / "ins.jsonl", [{"id": "x1", "media": "clips/a.mp4", "conversations": GOOD_CONV, "style": "open"}]
+    )
+    pref = write(
+        folder / "pref.jsonl",
+        [{"id": 7, "media": "clips/a.mp4", "prompt": GOOD_CONV[:4], "chosen": "No beep.", "rejected": "A dog barks."}],
+    )
+    qa = write(
+        folder / "qa.jsonl",
+        [
+            {
+                "id": "q1",
+                "media": "clips/a.mp4",
+                "question": "Colour?",
+                "choices": ["red", "blue"],
+                "answer": "red",
+                "kind": "visual",
+            },
+            {
+                "id": "q2",
+                "media": "clips/a.mp4",
+                "question": "Say it.",
+                "answer": "hello",
+                "kind": "speech",
+                "split": "heldout_vocab",
+            },
+        ],
+    )
     [r] = formats.load(ins, "instruction")
     assert r.media == folder / "clips" / "a.mp4" and r.extra == {"style": "open"} and r.conversations == GOOD_CONV
     [p] = formats.load(pref, "preference")
@@ -49,23 +75,56 @@ def test_good_files_load_with_resolved_media_and_extra_fields(folder):
 
 
 def test_every_problem_is_reported_at_once_with_file_line_and_field(folder):
-    path = write(folder / "bad.jsonl", [
-        {"media": "clips/a.mp4", "conversations": GOOD_CONV},  # 1: no id
-        {"id": "b", "media": "clips/a.mp4", "conversations": turns(("user", "<video> <video>"), ("assistant", "x"))},  # 2
-        {"id": "c", "media": "clips/a.mp4", "conversations": turns(("assistant", "hi"), ("user", "<video>"))},  # 3
-        "{not json",  # 4
-        {"id": "c", "media": "clips/a.mp4", "conversations": turns(("user", "<video>q"), ("assistant", "a"))},  # 5: duplicate
-        {"id": "e", "media": "clips/missing.mp4", "conversations": turns(("user", "<video>q"), ("assistant", "a"))},  # 6
-        {"id": "f", "media": "../outside.mp4", "conversations": turns(("user", "<video>q"), ("assistant", "a"))},  # 7
-        {"id": "g", "media": "clips/a.mp4", "conversations": turns(("user", "no placeholder"), ("assistant", "a"))},  # 8
-        {"id": "h", "media": "clips/a.mp4", "conversations": [{"role": "robot", "content": "<video>"}]},  # 9
-        {"id": "i", "media": "clips/a.mp4", "conversations": turns(("user", "<video>q"), ("assistant", ""))},  # 10
-    ])
+    path = write(
+        folder / "bad.jsonl",
+        [
+            {"media": "clips/a.mp4", "conversations": GOOD_CONV},  # 1: no id
+            {
+                "id": "b",
+                "media": "clips/a.mp4",
+                "conversations": turns(("user", "<video> <video>"), ("assistant", "x")),
+            },  # 2
+            {"id": "c", "media": "clips/a.mp4", "conversations": turns(("assistant", "hi"), ("user", "<video>"))},  # 3
+            "{not json",  # 4
+            {
+                "id": "c",
+                "media": "clips/a.mp4",
+                "conversations": turns(("user", "<video>q"), ("assistant", "a")),
+            },  # 5: duplicate
+            {
+                "id": "e",
+                "media": "clips/missing.mp4",
+                "conversations": turns(("user", "<video>q"), ("assistant", "a")),
+            },  # 6
+            {
+                "id": "f",
+                "media": "../outside.mp4",
+                "conversations": turns(("user", "<video>q"), ("assistant", "a")),
+            },  # 7
+            {
+                "id": "g",
+                "media": "clips/a.mp4",
+                "conversations": turns(("user", "no placeholder"), ("assistant", "a")),
+            },  # 8
+            {"id": "h", "media": "clips/a.mp4", "conversations": [{"role": "robot", "content": "<video>"}]},  # 9
+            {"id": "i", "media": "clips/a.mp4", "conversations": turns(("user", "<video>q"), ("assistant", ""))},  # 10
+        ],
+    )
     with pytest.raises(DataError) as info:
         formats.load(path, "instruction")
     text = str(info.value)
-    expected = [(1, "id"), (2, "conversations"), (3, "conversations"), (4, "(line)"), (5, "id"), (6, "media"),
-                (7, "media"), (8, "conversations"), (9, "conversations[0].role"), (10, "conversations[1].content")]
+    expected = [
+        (1, "id"),
+        (2, "conversations"),
+        (3, "conversations"),
+        (4, "(line)"),
+        (5, "id"),
+        (6, "media"),
+        (7, "media"),
+        (8, "conversations"),
+        (9, "conversations[0].role"),
+        (10, "conversations[1].content"),
+    ]
     for line, field in expected:
         assert f"{path}:{line}: {field}:" in text, (line, field, text)
     assert "1 missing media file(s)" in text and "already used on line 3" in text
@@ -75,8 +134,10 @@ def test_every_problem_is_reported_at_once_with_file_line_and_field(folder):
 
 
 def test_media_outside_the_folder_needs_the_flag(folder, tmp_path):
-    rows = [{"id": "a", "media": "../outside.mp4", "question": "q?", "answer": "x", "kind": "visual"},
-            {"id": "b", "media": str(tmp_path / "outside.mp4"), "question": "q?", "answer": "x", "kind": "visual"}]
+    rows = [
+        {"id": "a", "media": "../outside.mp4", "question": "q?", "answer": "x", "kind": "visual"},
+        {"id": "b", "media": str(tmp_path / "outside.mp4"), "question": "q?", "answer": "x", "kind": "visual"},
+    ]
     path = write(folder / "qa.jsonl", rows)
     with pytest.raises(DataError, match="leaves the dataset folder"):
         formats.load(path, "qa")
@@ -87,22 +148,54 @@ def test_media_outside_the_folder_needs_the_flag(folder, tmp_path):
 
 
 def test_preference_and_qa_rules(folder):
-    pref = write(folder / "pref.jsonl", [
-        {"id": "a", "media": "clips/a.mp4", "prompt": GOOD_CONV[:3], "chosen": "x", "rejected": "y"},  # ends with assistant
-        {"id": "b", "media": "clips/a.mp4", "prompt": GOOD_CONV[:2], "chosen": "same", "rejected": "same"},
-        {"id": "c", "media": "clips/a.mp4", "prompt": GOOD_CONV[:2], "chosen": "<video> x", "rejected": 3},
-    ])
+    pref = write(
+        folder / "pref.jsonl",
+        [
+            {
+                "id": "a",
+                "media": "clips/a.mp4",
+                "prompt": GOOD_CONV[:3],
+                "chosen": "x",
+                "rejected": "y",
+            },  # ends with assistant
+            {"id": "b", "media": "clips/a.mp4", "prompt": GOOD_CONV[:2], "chosen": "same", "rejected": "same"},
+            {"id": "c", "media": "clips/a.mp4", "prompt": GOOD_CONV[:2], "chosen": "<video> x", "rejected": 3},
+        ],
+    )
     _, problems = formats.validate(pref, "preference")
     assert [(p.line, p.field) for p in problems] == [(1, "prompt"), (2, "rejected"), (3, "rejected"), (3, "chosen")]
-    qa = write(folder / "qa.jsonl", [
-        {"id": "a", "media": "clips/a.mp4", "question": "q", "choices": ["x", "y"], "answer": "z", "kind": "visual"},
-        {"id": "b", "media": "clips/a.mp4", "question": "q", "choices": ["x", "X"], "answer": "x", "kind": "visual"},
-        {"id": "c", "media": "clips/a.mp4", "question": "q", "choices": "x", "answer": "x"},
-        {"id": "d", "media": "clips/a.mp4", "question": "", "answer": "x", "kind": "visual", "split": ""},
-    ])
+    qa = write(
+        folder / "qa.jsonl",
+        [
+            {
+                "id": "a",
+                "media": "clips/a.mp4",
+                "question": "q",
+                "choices": ["x", "y"],
+                "answer": "z",
+                "kind": "visual",
+            },
+            {
+                "id": "b",
+                "media": "clips/a.mp4",
+                "question": "q",
+                "choices": ["x", "X"],
+                "answer": "x",
+                "kind": "visual",
+            },
+            {"id": "c", "media": "clips/a.mp4", "question": "q", "choices": "x", "answer": "x"},
+            {"id": "d", "media": "clips/a.mp4", "question": "", "answer": "x", "kind": "visual", "split": ""},
+        ],
+    )
     _, problems = formats.validate(qa, "qa")
-    assert [(p.line, p.field) for p in problems] == [(1, "answer"), (2, "choices"), (3, "kind"), (3, "choices"),
-                                                     (4, "question"), (4, "split")]
+    assert [(p.line, p.field) for p in problems] == [
+        (1, "answer"),
+        (2, "choices"),
+        (3, "kind"),
+        (3, "choices"),
+        (4, "question"),
+        (4, "split"),
+    ]
 
 
 def test_empty_and_missing_files(folder):
@@ -123,8 +216,13 @@ def test_qa_prompt_lists_options_and_leaves_yes_no_bare():
 
 
 def test_cli_eval_reports_bad_data_before_loading_any_model(folder, capsys):
-    path = write(folder / "qa.jsonl", [{"id": "a", "media": "clips/nope.mp4", "question": "q", "answer": "x", "kind": "visual"},
-                                       {"id": "b", "media": "clips/a.mp4", "question": "q", "answer": "x"}])
+    path = write(
+        folder / "qa.jsonl",
+        [
+            {"id": "a", "media": "clips/nope.mp4", "question": "q", "answer": "x", "kind": "visual"},
+            {"id": "b", "media": "clips/a.mp4", "question": "q", "answer": "x"},
+        ],
+    )
     assert main(["eval", "--model", "no-such-model", "--tasks", f"jsonl:{path}"]) == 2
     err = capsys.readouterr().err
     assert f"{path}:1: media:" in err and f"{path}:2: kind:" in err and "no-such-model" not in err

@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from conftest import write_clip
+from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 from safetensors.torch import load_file
 
 from avllm.config import ModelConfig, TrainConfig, from_dict
@@ -14,11 +16,11 @@ from avllm.model import AVLLM
 from avllm.prompt import IGNORE_INDEX
 from avllm.train.common import TrainableAVLLM, build_model, feature_cache
 from avllm.train.dpo import REFERENCE_FILE, dpo_loss, pair_logps, reference_logps, run_dpo, without_lora_dropout
-from conftest import write_clip
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
-PAIRS = {440.0: ("No, nobody is speaking.", "Yes, someone is speaking."),
-         1760.0: ("No, there is no dog.", "Yes, a dog is barking.")}
+PAIRS = {
+    440.0: ("No, nobody is speaking.", "Yes, someone is speaking."),
+    1760.0: ("No, there is no dog.", "Yes, a dog is barking."),
+}
 
 
 def test_loss_and_rewards_by_hand():
@@ -38,10 +40,16 @@ def test_loss_and_rewards_by_hand():
 def sft_checkpoint(tmp_path_factory):
     """A tiny model with a LoRA adapter, saved as an SFT checkpoint, and preference pairs."""
     folder = tmp_path_factory.mktemp("dpo")
-    preset = {"name": "tiny", "audio_encoder": str(tiny_whisper_checkpoint(folder)),
-              "visual_encoder": str(tiny_clip_config(folder)), "llm": str(tiny_llm_folder(folder)),
-              "media": {"num_frames": 2}, "visual_tokens_per_slot": 1, "audio_tokens_per_slot": 2,
-              "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}}
+    preset = {
+        "name": "tiny",
+        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
+        "visual_encoder": str(tiny_clip_config(folder)),
+        "llm": str(tiny_llm_folder(folder)),
+        "media": {"num_frames": 2},
+        "visual_tokens_per_slot": 1,
+        "audio_tokens_per_slot": 2,
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
+    }
     config = from_dict(ModelConfig, preset)
     model = AVLLM.from_config(config, device="cpu")
     model.add_lora()
@@ -50,17 +58,36 @@ def sft_checkpoint(tmp_path_factory):
     for i, tone in enumerate([440.0, 1760.0, 440.0, 1760.0]):
         write_clip(folder / f"c{i}.mp4", seconds=2.0, tone_hz=tone)
         chosen, rejected = PAIRS[tone]
-        records.append({"id": f"p{i}", "media": f"c{i}.mp4", "chosen": chosen, "rejected": rejected,
-                        "prompt": [{"role": "user", "content": "<video>\nDo you hear it?"}]})
+        records.append(
+            {
+                "id": f"p{i}",
+                "media": f"c{i}.mp4",
+                "chosen": chosen,
+                "rejected": rejected,
+                "prompt": [{"role": "user", "content": "<video>\nDo you hear it?"}],
+            }
+        )
     (folder / "prefs.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     return folder
 
 
 def recipe(folder, tmp_path, **overrides) -> TrainConfig:
-    settings = dict(stage="dpo", model=str(folder / "sft"), data=str(folder / "prefs.jsonl"),
-                    output_dir=str(tmp_path / "dpo"), feature_cache=str(tmp_path / "features"),
-                    batch_size=2, learning_rate=2e-2, max_steps=15, save_steps=100, logging_steps=1,
-                    precision="fp32", warmup_ratio=0.0, lr_scheduler="constant", beta=0.5)
+    settings = dict(
+        stage="dpo",
+        model=str(folder / "sft"),
+        data=str(folder / "prefs.jsonl"),
+        output_dir=str(tmp_path / "dpo"),
+        feature_cache=str(tmp_path / "features"),
+        batch_size=2,
+        learning_rate=2e-2,
+        max_steps=15,
+        save_steps=100,
+        logging_steps=1,
+        precision="fp32",
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        beta=0.5,
+    )
     settings.update(overrides)
     return from_dict(TrainConfig, settings)
 
@@ -107,4 +134,6 @@ def test_training_raises_the_margin_and_never_moves_the_reference(sft_checkpoint
     torch.testing.assert_close(saved, fresh)
     trained = AVLLM.from_pretrained(out, device="cpu")
     after = reference_logps(trained, fresh_data, PairCollator(trained.tokenizer.pad_token_id), 2, "sigmoid")
-    assert (after[:, 0] - after[:, 1]).mean() > (fresh[:, 0] - fresh[:, 1]).mean()  # the policy moved, the reference did not
+    assert (after[:, 0] - after[:, 1]).mean() > (
+        fresh[:, 0] - fresh[:, 1]
+    ).mean()  # the policy moved, the reference did not

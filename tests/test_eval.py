@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
 from avllm.cli import main
 from avllm.data.synth import synthesize
@@ -13,7 +14,6 @@ from avllm.errors import DataError, MediaError
 from avllm.eval import AVLLMScorer, build_report, evaluate, make_task, markdown, run_eval, write_report
 from avllm.eval.scoring import ItemResult, TaskResult, _messages, exact_match, match_choice, normalize
 from avllm.eval.tasks import EvalItem, TaskData, fill_template
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
 
 class FakeModel:
@@ -48,8 +48,15 @@ def items(media: Path) -> list[EvalItem]:
         EvalItem("v2", media, "What shape?", "circle", "visual", ["circle", "square", "cross", "triangle"]),
         EvalItem("a1", media, "What word?", "apple", "audio", ["guitar", "tiger", "apple", "rocket"]),
         EvalItem("a2", media.with_name("b.mp4"), "How many beeps?", "two", "audio", ["one", "two", "three", "four"]),
-        EvalItem("h1", media.with_name("b.mp4"), "What word?", "dragon", "audio", ["dragon", "tiger", "apple", "rocket"],
-                 split="heldout_vocab"),
+        EvalItem(
+            "h1",
+            media.with_name("b.mp4"),
+            "What word?",
+            "dragon",
+            "audio",
+            ["dragon", "tiger", "apple", "rocket"],
+            split="heldout_vocab",
+        ),
         EvalItem("p1", media, "Is someone speaking?", "no", "audio/speech", ["yes", "no"]),
         EvalItem("p2", media, "Does the screen flash?", "yes", "visual/flash", ["yes", "no"]),
         EvalItem("p3", media, "Is a dog barking?", "no", "audio/absent", ["yes", "no"]),
@@ -89,8 +96,14 @@ def test_known_answers_give_known_scores_and_hallucination_rate(tmp_path):
     heldout = s["splits"]["heldout_vocab"]
     assert heldout["n"] == 1 and heldout["accuracy"] == 1.0 and heldout["by_kind"]["audio"]["n"] == 1
 
-    oracle = FakeModel(lambda q, opts: {"What colour?": "red", "What shape?": "circle", "What word?": "apple",
-                                        "How many beeps?": "two"}.get(q.split("\n")[0], "No"))
+    oracle = FakeModel(
+        lambda q, opts: {
+            "What colour?": "red",
+            "What shape?": "circle",
+            "What word?": "apple",
+            "How many beeps?": "two",
+        }.get(q.split("\n")[0], "No")
+    )
     s = build_report([evaluate(task, oracle, progress=False)], "oracle", 1.0)["tasks"]["fake-task"]
     assert s["by_kind"]["audio"]["accuracy"] == 1.0 and s["hallucination_rate"] == 0.0 and s["yes_rate"] == 0.0
     assert s["splits"]["heldout_vocab"]["accuracy"] == 0.0
@@ -98,13 +111,22 @@ def test_known_answers_give_known_scores_and_hallucination_rate(tmp_path):
 
 def test_generation_mode_matches_answers_and_open_questions_use_exact_match(tmp_path):
     media = tmp_path / "a.mp4"
-    task = TaskData("gen", [EvalItem("o1", media, "Count?", "2", "audio"), EvalItem("o2", media, "Word?", "apple", "audio"),
-                            EvalItem("o3", media, "Colour?", "red", "visual", ["red", "blue"])])
+    task = TaskData(
+        "gen",
+        [
+            EvalItem("o1", media, "Count?", "2", "audio"),
+            EvalItem("o2", media, "Word?", "apple", "audio"),
+            EvalItem("o3", media, "Colour?", "red", "visual", ["red", "blue"]),
+        ],
+    )
     answers = {"Count?": "Two.", "Word?": "The word is apple.", "Colour?\nOptions: red; blue.": "It is red."}
     model = FakeModel(lambda q, opts: answers[q.removesuffix("\n<video>")])
     result = evaluate(task, model, mode="generate", progress=False)
     assert [(r.id, r.correct, r.prediction) for r in result.results] == [
-        ("o1", True, "Two."), ("o2", False, "The word is apple."), ("o3", True, "red")]
+        ("o1", True, "Two."),
+        ("o2", False, "The word is apple."),
+        ("o3", True, "red"),
+    ]
     s = build_report([result], "m", 1.0)["tasks"]["gen"]
     assert s["by_kind"]["audio"]["chance"] == 0.5  # open questions: the majority answer's share
     assert s["mode"] == "generate"
@@ -112,8 +134,11 @@ def test_generation_mode_matches_answers_and_open_questions_use_exact_match(tmp_
 
 def test_report_json_markdown_and_predictions(tmp_path):
     media = tmp_path / "a.mp4"
-    task = TaskData("t", items(media) + [EvalItem("m1", None, "Gone?", "x", "visual", ["x", "y"], wanted="lost-clip")],
-                    skipped={"AV Captioning (not yes/no)": 3})
+    task = TaskData(
+        "t",
+        items(media) + [EvalItem("m1", None, "Gone?", "x", "visual", ["x", "y"], wanted="lost-clip")],
+        skipped={"AV Captioning (not yes/no)": 3},
+    )
     result = evaluate(task, FakeModel(first_option, unreadable={"b.mp4"}), progress=False)
     report = build_report([result], "fake", 2.5)
     s = report["tasks"]["t"]
@@ -133,7 +158,9 @@ def test_report_json_markdown_and_predictions(tmp_path):
 
 def test_accuracy_is_rounded_once():
     """313 of 399 is 78.446%: the table must not say 78.5% (78.45% after rounding to 4 places first)."""
-    results = [ItemResult(f"q{i}", "visual", None, "x", "x" if i < 313 else "y", i < 313, ["x", "y"]) for i in range(399)]
+    results = [
+        ItemResult(f"q{i}", "visual", None, "x", "x" if i < 313 else "y", i < 313, ["x", "y"]) for i in range(399)
+    ]
     report = build_report([TaskResult("t", "loglik", results)], "m", 1.0)
     assert report["tasks"]["t"]["correct"] == 313
     assert "| t | all (loglik) | 399 | 78.4% |" in markdown(report)
@@ -146,18 +173,42 @@ def test_music_avqa_adapter(tmp_path):
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos" / "00000272.mp4").write_bytes(b"fake")
     ann = tmp_path / "avqa-test.json"
-    ann.write_text(json.dumps([
-        {"video_id": "00000272", "question_id": 11, "type": "[\"Audio-Visual\", \"Existential\"]",
-         "question_content": "Is the <Object> in the video always playing?", "templ_values": "[\"cello\"]",
-         "question_deleted": 0, "anser": "yes"},
-        {"video_id": "00000272", "question_id": 12, "type": "[\"Visual\", \"Location\"]",
-         "question_content": "Where is the <FL> sounding <Object>?", "templ_values": "['first', 'piano']", "anser": "left"},
-        {"video_id": "00009999", "question_id": 13, "type": "[\"Audio\", \"Counting\"]",
-         "question_content": "How many instruments are sounding in the video?", "templ_values": "[]", "anser": "two"},
-    ]))
+    ann.write_text(
+        json.dumps(
+            [
+                {
+                    "video_id": "00000272",
+                    "question_id": 11,
+                    "type": '["Audio-Visual", "Existential"]',
+                    "question_content": "Is the <Object> in the video always playing?",
+                    "templ_values": '["cello"]',
+                    "question_deleted": 0,
+                    "anser": "yes",
+                },
+                {
+                    "video_id": "00000272",
+                    "question_id": 12,
+                    "type": '["Visual", "Location"]',
+                    "question_content": "Where is the <FL> sounding <Object>?",
+                    "templ_values": "['first', 'piano']",
+                    "anser": "left",
+                },
+                {
+                    "video_id": "00009999",
+                    "question_id": 13,
+                    "type": '["Audio", "Counting"]',
+                    "question_content": "How many instruments are sounding in the video?",
+                    "templ_values": "[]",
+                    "anser": "two",
+                },
+            ]
+        )
+    )
     data = make_task(f"music-avqa:{ann}", media_dir=str(tmp_path / "videos")).load()
     q = {i.id: i for i in data.items}
-    assert q["11"].question.startswith("Is the cello in the video always playing?\nAnswer the question using a single word")
+    assert q["11"].question.startswith(
+        "Is the cello in the video always playing?\nAnswer the question using a single word"
+    )
     assert q["12"].question.startswith("Where is the first sounding piano?") and q["12"].kind == "visual/location"
     assert q["11"].kind == "audio-visual/existential" and q["11"].answer == "yes" and q["11"].choices is None
     assert q["13"].media is None and data.missing == ["00009999"]
@@ -173,13 +224,25 @@ def test_music_avqa_adapter(tmp_path):
 def test_avsd_adapter(tmp_path):
     (tmp_path / "QRTWF.mp4").write_bytes(b"fake")
     ann = tmp_path / "avsd_test.json"
-    ann.write_text(json.dumps({"dialogs": [
-        {"image_id": "QRTWF", "summary": "s", "caption": "c", "dialog": [
-            {"question": "is there sound ?", "answer": "yes , a man talks"},
-            {"question": "how many people ?", "answer": "one"}]},
-        {"image_id": "ZZZZZ", "dialog": [{"question": "what happens ?", "answer": "he sits"}]},
-        {"image_id": "QRTWF", "dialog": [{"question": "and then ?", "answer": "__UNDISCLOSED__"}]},
-    ]}))
+    ann.write_text(
+        json.dumps(
+            {
+                "dialogs": [
+                    {
+                        "image_id": "QRTWF",
+                        "summary": "s",
+                        "caption": "c",
+                        "dialog": [
+                            {"question": "is there sound ?", "answer": "yes , a man talks"},
+                            {"question": "how many people ?", "answer": "one"},
+                        ],
+                    },
+                    {"image_id": "ZZZZZ", "dialog": [{"question": "what happens ?", "answer": "he sits"}]},
+                    {"image_id": "QRTWF", "dialog": [{"question": "and then ?", "answer": "__UNDISCLOSED__"}]},
+                ]
+            }
+        )
+    )
     data = make_task(f"avsd:{ann}").load()  # media next to the annotations by default
     first, second = data.items
     assert first.question == "how many people ?" and first.answer == "one" and first.media == tmp_path / "QRTWF.mp4"
@@ -195,17 +258,48 @@ def test_avhbench_adapter_reads_a_folder(tmp_path):
     folder.mkdir()
     (tmp_path / "video").mkdir()
     (tmp_path / "video" / "00191.mp4").write_bytes(b"fake")
-    (folder / "00191.json").write_text(json.dumps([
-        {"video_id": "00191", "task": "Video-driven Audio Hallucination", "text": "Is the couch making sound in the audio?", "label": "No"},
-        {"video_id": "00191", "task": "Audio-driven Video Hallucination", "text": "Is the sleeping man visible in the video?", "label": "Yes"},
-        {"video_id": "00191", "task": "AV Captioning", "text": "Describe what you see and hear.", "label": "A man sleeps."},
-    ]))
-    (folder / "00006.json").write_text(json.dumps([
-        {"video_id": "00006", "task": "AV Matching", "text": "Are the contexts of audio and visual content matching?", "label": "Yes"}]))
+    (folder / "00191.json").write_text(
+        json.dumps(
+            [
+                {
+                    "video_id": "00191",
+                    "task": "Video-driven Audio Hallucination",
+                    "text": "Is the couch making sound in the audio?",
+                    "label": "No",
+                },
+                {
+                    "video_id": "00191",
+                    "task": "Audio-driven Video Hallucination",
+                    "text": "Is the sleeping man visible in the video?",
+                    "label": "Yes",
+                },
+                {
+                    "video_id": "00191",
+                    "task": "AV Captioning",
+                    "text": "Describe what you see and hear.",
+                    "label": "A man sleeps.",
+                },
+            ]
+        )
+    )
+    (folder / "00006.json").write_text(
+        json.dumps(
+            [
+                {
+                    "video_id": "00006",
+                    "task": "AV Matching",
+                    "text": "Are the contexts of audio and visual content matching?",
+                    "label": "Yes",
+                }
+            ]
+        )
+    )
     data = make_task(f"avhbench:{folder}", media_dir=str(tmp_path / "video")).load()
     assert [(i.kind, i.answer, i.choices) for i in data.items] == [
-        ("av-matching", "yes", ["yes", "no"]), ("video-driven-audio-hallucination", "no", ["yes", "no"]),
-        ("audio-driven-video-hallucination", "yes", ["yes", "no"])]
+        ("av-matching", "yes", ["yes", "no"]),
+        ("video-driven-audio-hallucination", "no", ["yes", "no"]),
+        ("audio-driven-video-hallucination", "yes", ["yes", "no"]),
+    ]
     assert data.skipped == {"AV Captioning (not yes/no)": 1} and data.missing == ["00006"]
     s = build_report([evaluate(data, FakeModel(first_option), progress=False)], "m", 0)["tasks"][data.name]
     assert s["n"] == 2 and s["hallucination_rate"] == 1.0 and s["accuracy"] == 0.5
@@ -215,8 +309,14 @@ def test_bad_benchmark_files_and_specs(tmp_path):
     with pytest.raises(DataError, match="PREFIX:PATH"):
         make_task("nope:thing")
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{"video_id": "1", "question_content": "q"}, {"video_id": "2", "type": "[", "question_id": 1,
-                                                                          "question_content": "q", "anser": "a"}]))
+    bad.write_text(
+        json.dumps(
+            [
+                {"video_id": "1", "question_content": "q"},
+                {"video_id": "2", "type": "[", "question_id": 1, "question_content": "q", "anser": "a"},
+            ]
+        )
+    )
     with pytest.raises(DataError) as info:
         make_task(f"music-avqa:{bad}").load()
     assert "[0]: missing field(s)" in str(info.value) and "[1]: '[' is not a list" in str(info.value)
@@ -230,9 +330,14 @@ def test_bad_benchmark_files_and_specs(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-eval")
-    config = {"name": "tiny", "audio_encoder": str(tiny_whisper_checkpoint(folder)),
-              "visual_encoder": str(tiny_clip_config(folder)), "llm": str(tiny_llm_folder(folder)),
-              "visual_tokens_per_slot": 4, "audio_tokens_per_slot": 2}
+    config = {
+        "name": "tiny",
+        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
+        "visual_encoder": str(tiny_clip_config(folder)),
+        "llm": str(tiny_llm_folder(folder)),
+        "visual_tokens_per_slot": 4,
+        "audio_tokens_per_slot": 2,
+    }
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     synthesize(folder / "set", 2, seed=11, workers=1, progress=False)
@@ -272,5 +377,7 @@ def test_cli_eval_runs_end_to_end_on_a_tiny_model(tiny, tmp_path, capsys):
     assert qa["n"] + qa.get("splits", {}).get("heldout_vocab", {}).get("n", 0) == 6 and qa["chance"] == 0.25
     assert probes["n"] == 4 and "hallucination_rate" in probes and report["model"] == str(path)
     assert out.with_suffix(".md").read_text() in capsys.readouterr().out
-    gen = run_eval(str(path), [f"jsonl:{data / 'probes.jsonl'}"], limit=2, mode="generate", max_new_tokens=3, progress=False)
+    gen = run_eval(
+        str(path), [f"jsonl:{data / 'probes.jsonl'}"], limit=2, mode="generate", max_new_tokens=3, progress=False
+    )
     assert gen["tasks"][f"jsonl:{data / 'probes.jsonl'}"]["n"] == 2

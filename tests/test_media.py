@@ -9,13 +9,12 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from conftest import CLIP_FPS, CLIP_HEIGHT, CLIP_SECONDS, CLIP_WIDTH, level_to_index
 
 from avllm import media
 from avllm.config import MediaConfig
 from avllm.errors import MediaError
 from avllm.media import SAMPLE_RATE, load_clip, probe, sample_times
-
-from conftest import CLIP_FPS, CLIP_HEIGHT, CLIP_SECONDS, CLIP_WIDTH, level_to_index
 
 
 def picked_indices(clip) -> list[int]:
@@ -166,10 +165,13 @@ def test_silent_track(silent_clip):
     assert "audio track is silent (every sample is 0)" in clip.facts.warnings
 
 
-@pytest.mark.parametrize("fixture, container, codecs", [
-    ("mkv_clip", "matroska", ("h264", "aac")),
-    ("webm_clip", "matroska", ("vp9", "opus")),
-])
+@pytest.mark.parametrize(
+    "fixture, container, codecs",
+    [
+        ("mkv_clip", "matroska", ("h264", "aac")),
+        ("webm_clip", "matroska", ("vp9", "opus")),
+    ],
+)
 def test_other_containers(request, fixture, container, codecs):
     clip = load_clip(request.getfixturevalue(fixture), MediaConfig(fps=4.0))
     f = clip.facts
@@ -180,10 +182,13 @@ def test_other_containers(request, fixture, container, codecs):
     assert dominant_hz(clip.audio) == pytest.approx(440.0, abs=2.0)
 
 
-@pytest.mark.parametrize("fixture, rate, channels, peak", [
-    ("audio_only_wav", 22050, 1, 0.5),
-    ("audio_only_flac", 44100, 2, 0.707),
-])
+@pytest.mark.parametrize(
+    "fixture, rate, channels, peak",
+    [
+        ("audio_only_wav", 22050, 1, 0.5),
+        ("audio_only_flac", 44100, 2, 0.707),
+    ],
+)
 def test_audio_only_files(request, fixture, rate, channels, peak):
     clip = load_clip(request.getfixturevalue(fixture))
     f = clip.facts
@@ -242,8 +247,13 @@ def bad_files(clip_dir, corrupt_file, text_file, truncated_mp4_no_index):
     folder.mkdir(exist_ok=True)
     no_samples = clip_dir / "no_samples.wav"  # a WAV header with an empty data chunk
     no_samples.write_bytes(
-        b"RIFF" + struct.pack("<I", 36) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
-        + b"data" + struct.pack("<I", 0)
+        b"RIFF"
+        + struct.pack("<I", 36)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+        + b"data"
+        + struct.pack("<I", 0)
     )
     random_flac = clip_dir / "random.flac"  # ffmpeg trusts the suffix, finds a stream, reads nothing
     random_flac.write_bytes(corrupt_file.read_bytes())
@@ -266,8 +276,17 @@ def bad_files(clip_dir, corrupt_file, text_file, truncated_mp4_no_index):
     }
 
 
-BAD = ["missing", "directory", "empty", "text", "corrupt", "truncated without index",
-       "random bytes as flac", "no samples", "neither stream"]
+BAD = [
+    "missing",
+    "directory",
+    "empty",
+    "text",
+    "corrupt",
+    "truncated without index",
+    "random bytes as flac",
+    "no samples",
+    "neither stream",
+]
 
 
 @pytest.mark.parametrize("name", BAD)
@@ -280,7 +299,7 @@ def test_unusable_files_raise_media_error_naming_the_file(bad_files, name, reade
     assert message.startswith(str(path))
     for word in words:
         assert word in message
-    assert ";" in message or ":" in message[len(str(path)) + 1:]  # a problem and a fix
+    assert ";" in message or ":" in message[len(str(path)) + 1 :]  # a problem and a fix
 
 
 def test_text_file_with_a_video_suffix(clip_dir):

@@ -6,12 +6,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
 from avllm.config import LoraConfig, MediaConfig, ModelConfig
 from avllm.errors import ConfigError, SpliceError
 from avllm.model import AVLLM, EncodedClip, export_checkpoint, slot_edges
 from avllm.prompt import with_video
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
 KV, KA = 4, 2
 
@@ -111,7 +111,9 @@ def test_time_marks_come_before_each_slot(parts):
     marked = AVLLM.from_config(make_config(parts, time_marks=True), device="cpu")
     enc = encoded(marked)
     text = marked.tokenizer.decode(marked.layout(enc))
-    assert [text.find(f"t={t:.1f}s") for t in enc.frame_times] == sorted(text.find(f"t={t:.1f}s") for t in enc.frame_times)
+    assert [text.find(f"t={t:.1f}s") for t in enc.frame_times] == sorted(
+        text.find(f"t={t:.1f}s") for t in enc.frame_times
+    )
     assert text.count("<video>") == 3 * (KV + KA)
 
 
@@ -132,8 +134,13 @@ def test_stream_equals_greedy_generate(model):
     pieces = list(model.stream(messages, enc, max_new_tokens=12, timings=timings, counts=counts))
     ids = torch.tensor([model.tokenize(messages, enc, True).input_ids])
     with torch.inference_mode():
-        out = model.llm.generate(inputs_embeds=model.embed(ids, [enc]), attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=12, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+        out = model.llm.generate(
+            inputs_embeds=model.embed(ids, [enc]),
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=model.tokenizer.pad_token_id,
+        )
     assert "".join(pieces) == model.tokenizer.decode(out[0], skip_special_tokens=True)
     assert len(pieces) > 1 and timings["prefill"] > 0
     assert counts["generated"] == out.shape[1]  # exact, not a re-tokenisation of the text
@@ -152,8 +159,15 @@ def test_each_conversation_weighs_the_same_in_the_loss(model):
     batch = Collator(model.tokenizer.pad_token_id)(rows)
     with torch.no_grad():
         both = model(batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"]).loss
-        alone = [model(torch.tensor([r["input_ids"]]), torch.ones(1, len(r["input_ids"]), dtype=torch.long), [enc],
-                       labels=torch.tensor([r["labels"]])).loss for r in rows]
+        alone = [
+            model(
+                torch.tensor([r["input_ids"]]),
+                torch.ones(1, len(r["input_ids"]), dtype=torch.long),
+                [enc],
+                labels=torch.tensor([r["labels"]]),
+            ).loss
+            for r in rows
+        ]
     torch.testing.assert_close(both, torch.stack(alone).mean(), rtol=1e-4, atol=1e-4)
     assert abs(float(alone[0] - alone[1])) > 1e-3  # the two rows differ, so a token mean would differ
 
@@ -174,8 +188,9 @@ def test_loss_ignores_everything_but_labels(model):
 
 def saved_with_lora(parts, folder) -> AVLLM:
     """A model with every trainable kind (projectors, summary, LoRA) made non-trivial, saved in `folder`."""
-    config = make_config(parts, summary_tokens=2,
-                         lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    config = make_config(
+        parts, summary_tokens=2, lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    )
     model = AVLLM.from_config(config, device="cpu")
     model.add_lora()
     with torch.no_grad():
@@ -195,7 +210,11 @@ def logits(model, enc) -> torch.Tensor:
 
 def test_save_and_load_round_trip_with_lora(parts, tmp_path):
     model = saved_with_lora(parts, tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["adapter", "avllm_config.json", "projectors.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "adapter",
+        "avllm_config.json",
+        "projectors.safetensors",
+    ]
     assert (tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors").is_file()
     loaded = AVLLM.from_pretrained(tmp_path / "ckpt", device="cpu")
     assert loaded.config == model.config
@@ -210,8 +229,18 @@ def test_export_stores_the_trained_weights_in_half_precision(parts, tmp_path):
     (tmp_path / "ckpt" / "checkpoint-5").mkdir()  # optimizer states and logs stay behind
     files = export_checkpoint(tmp_path / "ckpt", tmp_path / "ship")
     assert sorted(str(f.relative_to(tmp_path / "ship")) for f in files) == sorted(
-        ["avllm_config.json", "projectors.safetensors", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"])
-    assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["adapter", "avllm_config.json", "projectors.safetensors"]
+        [
+            "avllm_config.json",
+            "projectors.safetensors",
+            "adapter/adapter_config.json",
+            "adapter/adapter_model.safetensors",
+        ]
+    )
+    assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == [
+        "adapter",
+        "avllm_config.json",
+        "projectors.safetensors",
+    ]
     whitening = {"visual.feature_whiten", "audio.feature_whiten"}  # folded into the layers that read them
     for name in ("projectors.safetensors", "adapter/adapter_model.safetensors"):
         full, half = load_file(tmp_path / "ckpt" / name), load_file(tmp_path / "ship" / name)

@@ -1,8 +1,8 @@
 import pytest
+from factories import tiny_llm_folder
 
 from avllm.errors import SpliceError
 from avllm.prompt import IGNORE_INDEX, VIDEO_TOKEN, add_video_token, encode_chat, expand_placeholders, with_video
-from factories import tiny_llm_folder
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,11 @@ def test_generation_prompt_has_no_labels(tokenizer):
     [
         [{"role": "user", "content": "no placeholder"}],
         [{"role": "user", "content": "<video> <video> two"}],
-        [{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "<video> late"}],
+        [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "x"},
+            {"role": "user", "content": "<video> late"},
+        ],
         [{"role": "robot", "content": "<video>"}],
         [],
     ],

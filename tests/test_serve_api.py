@@ -10,21 +10,28 @@ import time
 import httpx
 import openai
 import pytest
+from serve_fixtures import MAX_DURATION, b64, data_url
 
 from avllm.serve.server import BackgroundServer, ServeSettings
-from serve_fixtures import MAX_DURATION, b64, data_url, live_server, serve_clips  # noqa: F401 - fixtures
+
+pytest_plugins = ["serve_fixtures"]  # live_server, serve_clips
 
 QUESTION = "What is in the video?"
 
 
 @pytest.fixture(scope="module")
-def client(live_server):  # noqa: F811
+def client(live_server):
     return openai.OpenAI(base_url=live_server.url + "/v1", api_key="not-needed", max_retries=0, timeout=60)
 
 
 def video_message(path, question=QUESTION, mime="video/mp4"):
-    return {"role": "user", "content": [{"type": "video_url", "video_url": {"url": data_url(path, mime)}},
-                                        {"type": "text", "text": question}]}
+    return {
+        "role": "user",
+        "content": [
+            {"type": "video_url", "video_url": {"url": data_url(path, mime)}},
+            {"type": "text", "text": question},
+        ],
+    }
 
 
 def facts(response) -> dict:
@@ -65,7 +72,7 @@ def test_streaming_gives_the_same_answer_and_facts_last(client, serve_clips):
     assert all("avllm" not in c.to_dict() for c in chunks[:-1])
 
 
-def test_raw_stream_is_server_sent_events_ending_with_done(live_server, serve_clips):  # noqa: F811
+def test_raw_stream_is_server_sent_events_ending_with_done(live_server, serve_clips):
     body = {"model": "tiny", "messages": [video_message(serve_clips["av"])], "max_tokens": 4, "stream": True}
     with httpx.stream("POST", live_server.url + "/v1/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
@@ -74,7 +81,7 @@ def test_raw_stream_is_server_sent_events_ending_with_done(live_server, serve_cl
     assert lines[-1] == "data: [DONE]"
 
 
-def test_clip_is_encoded_once_and_reused(client, live_server, serve_clips):  # noqa: F811
+def test_clip_is_encoded_once_and_reused(client, live_server, serve_clips):
     store = live_server.service.store
     messages = [video_message(serve_clips["long6"], mime="video/webm")]
     before = store.builds
@@ -87,8 +94,13 @@ def test_clip_is_encoded_once_and_reused(client, live_server, serve_clips):  # n
 
 
 def test_input_audio_wav(client, serve_clips):
-    message = {"role": "user", "content": [{"type": "text", "text": "What do you hear?"},
-                                           {"type": "input_audio", "input_audio": {"data": b64(serve_clips["wav"]), "format": "wav"}}]}
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What do you hear?"},
+            {"type": "input_audio", "input_audio": {"data": b64(serve_clips["wav"]), "format": "wav"}},
+        ],
+    }
     info = facts(client.chat.completions.create(model="tiny", messages=[message], max_tokens=4))
     assert info["frames"] == 0 and info["audio_used"] and info["audio_seconds"] == pytest.approx(3.0, abs=0.05)
     assert any("no video track" in w for w in info["warnings"])
@@ -97,21 +109,31 @@ def test_input_audio_wav(client, serve_clips):
 def test_multi_turn_history_and_frames_option(client, serve_clips):
     first = video_message(serve_clips["av"], "What is in the video?")
     one = client.chat.completions.create(model="tiny", messages=[first], max_tokens=4)
-    turns = [{"role": "system", "content": "You are brief."}, first,
-             {"role": "assistant", "content": one.choices[0].message.content}, {"role": "user", "content": "And then?"}]
+    turns = [
+        {"role": "system", "content": "You are brief."},
+        first,
+        {"role": "assistant", "content": one.choices[0].message.content},
+        {"role": "user", "content": "And then?"},
+    ]
     two = client.chat.completions.create(model="tiny", messages=turns, max_tokens=4, extra_body={"frames": 5})
     assert two.choices[0].message.content.strip()
     assert facts(two)["frames"] == 5
     # the same conversation with the clip sent in the last user message instead: same prompt
-    moved = [turns[0], {"role": "user", "content": "What is in the video?"}, turns[2], video_message(serve_clips["av"], "And then?")]
+    moved = [
+        turns[0],
+        {"role": "user", "content": "What is in the video?"},
+        turns[2],
+        video_message(serve_clips["av"], "And then?"),
+    ]
     again = client.chat.completions.create(model="tiny", messages=moved, max_tokens=4, extra_body={"frames": 5})
     assert again.usage.prompt_tokens == two.usage.prompt_tokens > one.usage.prompt_tokens
     assert again.choices[0].message.content == two.choices[0].message.content
 
 
 def test_sampling_with_a_temperature(client, serve_clips):
-    response = client.chat.completions.create(model="tiny", messages=[video_message(serve_clips["av"])], max_tokens=6,
-                                              temperature=1.0)
+    response = client.chat.completions.create(
+        model="tiny", messages=[video_message(serve_clips["av"])], max_tokens=6, temperature=1.0
+    )
     assert response.usage.completion_tokens == 6
 
 
@@ -124,35 +146,43 @@ BAD = "data:video/mp4;base64,"
 
 
 def _post(url, body=None, content=None):
-    return httpx.post(url + "/v1/chat/completions", json=body, content=content, timeout=60,
-                      headers={"content-type": "application/json"})
+    return httpx.post(
+        url + "/v1/chat/completions",
+        json=body,
+        content=content,
+        timeout=60,
+        headers={"content-type": "application/json"},
+    )
 
 
-@pytest.mark.parametrize("case, status, words", [
-    ("not_json", 400, "not valid JSON"),
-    ("json_list", 422, "JSON object"),
-    ("no_messages", 422, "messages"),
-    ("bad_role", 422, "role"),
-    ("two_choices", 422, "n:"),
-    ("image_part", 400, "unsupported content part type 'image_url'"),
-    ("bad_audio_format", 422, "format"),
-    ("text_only", 400, "no clip"),
-    ("two_clips", 400, "2 clips"),
-    ("ends_with_assistant", 400, "end the conversation with the user's question"),
-    ("media_in_assistant", 400, "only come in a user message"),
-    ("bad_base64", 400, "not valid base64"),
-    ("data_not_base64", 400, "must be base64"),
-    ("corrupt_bytes", 400, "cannot be read as audio or video"),
-    ("local_path_off", 400, "--allow-local-files"),
-    ("unreachable_url", 400, "could not fetch"),
-    ("missing_url", 400, "HTTP 404"),
-    ("ftp_url", 400, "unsupported URL scheme"),
-    ("too_large", 413, "over this server's limit of 1 MiB"),
-    ("too_long", 400, f"over the limit of {MAX_DURATION:g} s"),
-    ("too_many_tokens", 400, "max tokens"),
-    ("unknown_model", 404, "not served here"),
-])
-def test_bad_requests_get_a_4xx_with_a_message(live_server, serve_clips, case, status, words):  # noqa: F811
+@pytest.mark.parametrize(
+    "case, status, words",
+    [
+        ("not_json", 400, "not valid JSON"),
+        ("json_list", 422, "JSON object"),
+        ("no_messages", 422, "messages"),
+        ("bad_role", 422, "role"),
+        ("two_choices", 422, "n:"),
+        ("image_part", 400, "unsupported content part type 'image_url'"),
+        ("bad_audio_format", 422, "format"),
+        ("text_only", 400, "no clip"),
+        ("two_clips", 400, "2 clips"),
+        ("ends_with_assistant", 400, "end the conversation with the user's question"),
+        ("media_in_assistant", 400, "only come in a user message"),
+        ("bad_base64", 400, "not valid base64"),
+        ("data_not_base64", 400, "must be base64"),
+        ("corrupt_bytes", 400, "cannot be read as audio or video"),
+        ("local_path_off", 400, "--allow-local-files"),
+        ("unreachable_url", 400, "could not fetch"),
+        ("missing_url", 400, "HTTP 404"),
+        ("ftp_url", 400, "unsupported URL scheme"),
+        ("too_large", 413, "over this server's limit of 1 MiB"),
+        ("too_long", 400, f"over the limit of {MAX_DURATION:g} s"),
+        ("too_many_tokens", 400, "max tokens"),
+        ("unknown_model", 404, "not served here"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_message(live_server, serve_clips, case, status, words):
     video = video_message(serve_clips["av"])
     text = {"type": "text", "text": "hi"}
 
@@ -172,7 +202,10 @@ def test_bad_requests_get_a_4xx_with_a_message(live_server, serve_clips, case, s
         "text_only": {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]},
         "two_clips": {"model": "tiny", "messages": [video, {"role": "assistant", "content": "ok"}, video]},
         "ends_with_assistant": {"model": "tiny", "messages": [video, {"role": "assistant", "content": "ok"}]},
-        "media_in_assistant": {"model": "tiny", "messages": [{"role": "assistant", "content": video["content"]}, {"role": "user", "content": "hi"}]},
+        "media_in_assistant": {
+            "model": "tiny",
+            "messages": [{"role": "assistant", "content": video["content"]}, {"role": "user", "content": "hi"}],
+        },
         "bad_base64": url(BAD + "!!!not base64!!!"),
         "data_not_base64": url("data:video/mp4,plain"),
         "corrupt_bytes": url(BAD + "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v"),
@@ -185,27 +218,40 @@ def test_bad_requests_get_a_4xx_with_a_message(live_server, serve_clips, case, s
         "too_many_tokens": {"model": "tiny", "messages": [video], "max_tokens": 100000},
         "unknown_model": {"model": "gpt-4o", "messages": [video]},
     }
-    response = _post(live_server.url, content=b"{not json") if case == "not_json" else _post(live_server.url, bodies[case])
+    response = (
+        _post(live_server.url, content=b"{not json") if case == "not_json" else _post(live_server.url, bodies[case])
+    )
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert words in error["message"] and "Traceback" not in error["message"]
     assert "/tmp/" not in error["message"]  # uploads are named, not the server's temporary files
 
 
-def test_local_files_only_when_the_server_allows_them(live_server, serve_clips):  # noqa: F811
+def test_local_files_only_when_the_server_allows_them(live_server, serve_clips):
     settings = ServeSettings(port=0, model="tiny", allow_local_files=True, examples_dir=None)
     with BackgroundServer(settings, service=live_server.service) as local:
         for value in (str(serve_clips["av"]), serve_clips["av"].as_uri()):
-            body = {"model": "tiny", "max_tokens": 4, "messages": [
-                {"role": "user", "content": [{"type": "video_url", "video_url": value}, {"type": "text", "text": "hi"}]}]}
+            body = {
+                "model": "tiny",
+                "max_tokens": 4,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "video_url", "video_url": value}, {"type": "text", "text": "hi"}],
+                    }
+                ],
+            }
             response = _post(local.url, body)
             assert response.status_code == 200, response.text
             assert response.json()["avllm"]["duration"] == pytest.approx(4.0, abs=0.05)
-        relative = {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": "clip.mp4"}]}]}
+        relative = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": "clip.mp4"}]}],
+        }
         assert _post(local.url, relative).status_code == 400
 
 
-def test_four_users_at_once_get_their_own_answers(client, live_server, serve_clips, monkeypatch):  # noqa: F811
+def test_four_users_at_once_get_their_own_answers(client, live_server, serve_clips, monkeypatch):
     """Four clips that differ in length, frames and sound, asked about at once (two streaming):
     each answer carries its own clip's facts and equals the answer to the same request made alone."""
     service = live_server.service
@@ -229,6 +275,7 @@ def test_four_users_at_once_get_their_own_answers(client, live_server, serve_cli
         ("mute", "Is anything moving?", 6, False, (6, 6.0, False)),
         ("wav", "What do you hear?", None, True, (0, 3.0, True)),
     ]
+
     def request(job):
         name, question, frames, stream, _ = job
         if name == "wav":
@@ -236,8 +283,12 @@ def test_four_users_at_once_get_their_own_answers(client, live_server, serve_cli
         else:
             part = {"type": "video_url", "video_url": {"url": data_url(serve_clips[name])}}
         extra = {"frames": frames} if frames else {}
-        kwargs = dict(model="tiny", messages=[{"role": "user", "content": [part, {"type": "text", "text": question}]}],
-                      max_tokens=24, extra_body=extra)
+        kwargs = dict(
+            model="tiny",
+            messages=[{"role": "user", "content": [part, {"type": "text", "text": question}]}],
+            max_tokens=24,
+            extra_body=extra,
+        )
         if stream:
             chunks = list(client.chat.completions.create(stream=True, **kwargs))
             return "".join(c.choices[0].delta.content or "" for c in chunks).strip(), facts(chunks[-1])
@@ -267,7 +318,7 @@ def test_four_users_at_once_get_their_own_answers(client, live_server, serve_cli
     assert len({a for a, _ in results}) == len(jobs)  # different clips and questions, different answers
 
 
-def test_a_client_that_goes_away_frees_its_slot(live_server, serve_clips):  # noqa: F811
+def test_a_client_that_goes_away_frees_its_slot(live_server, serve_clips):
     service = live_server.service
     body = {"model": "tiny", "messages": [video_message(serve_clips["av"])], "max_tokens": 64, "stream": True}
     with httpx.stream("POST", live_server.url + "/v1/chat/completions", json=body, timeout=60) as response:
@@ -287,8 +338,9 @@ def test_starter_model_answers_through_the_openai_client(shared_clips):
     with BackgroundServer(settings, model=model) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed", max_retries=0, timeout=120)
         clip = shared_clips / "videollama-dog_barking.mp4"
-        stream = client.chat.completions.create(model="starter", messages=[video_message(clip, "What can you hear?")],
-                                                max_tokens=16, stream=True)
+        stream = client.chat.completions.create(
+            model="starter", messages=[video_message(clip, "What can you hear?")], max_tokens=16, stream=True
+        )
         chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks).strip()
     info = facts(chunks[-1])

@@ -12,18 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from serve_fixtures import MAX_DURATION, MAX_UPLOAD_MB
 
 from avllm.config import REPO_ROOT
 from avllm.serve.server import SHARED_CLIPS
 from avllm.serve.ui import NO_CLIP
-from serve_fixtures import MAX_DURATION, MAX_UPLOAD_MB, live_server, serve_clips  # noqa: F401 - fixtures
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
+pytest_plugins = ["serve_fixtures"]  # live_server, serve_clips
+
 
 @pytest.fixture
-def ui(live_server):  # noqa: F811 - a fresh browser session (its own chat state) per test
+def ui(live_server):  # a fresh browser session (its own chat state) per test
     client = Client(live_server.url + "/", verbose=False)
     yield client
     client.close()  # its heartbeat stream would hold the server's shutdown up
@@ -61,7 +63,10 @@ def test_two_questions_stream_and_the_second_reuses_the_clip(ui, serve_clips):
     chat2, _, _, facts2 = ui.predict("And what can be heard?", chat, clip, 3, 16, 0.0, api_name="/ask")
     assert [m["role"] for m in chat2] == ["user", "assistant"] * 2 and text(chat2[3]).strip()
     assert "features reused from the upload" in facts2
-    print(f"\ntiny model, time to first token: first question {first_token(facts):.3f} s, second {first_token(facts2):.3f} s")
+    print(
+        f"\ntiny model, time to first token: first question {first_token(facts):.3f} s, "
+        f"second {first_token(facts2):.3f} s"
+    )
 
 
 def test_asking_without_a_clip_says_what_to_do(ui):
@@ -82,9 +87,12 @@ def bad_files(tmp_path_factory, serve_clips):
     notes.write_text("not a video\n" * 50)
     large = folder / "large.mp4"
     large.write_bytes(b"\0" * int((MAX_UPLOAD_MB + 0.5) * 2**20))
-    return {"corrupt": (corrupt, "cannot be read as audio or video"), "text": (notes, "looks like a text file"),
-            "too_long": (serve_clips["too_long"], f"over the limit of {MAX_DURATION:g} s"),
-            "too_large": (large, f"over this server's limit of {MAX_UPLOAD_MB:g} MiB")}
+    return {
+        "corrupt": (corrupt, "cannot be read as audio or video"),
+        "text": (notes, "looks like a text file"),
+        "too_long": (serve_clips["too_long"], f"over the limit of {MAX_DURATION:g} s"),
+        "too_large": (large, f"over this server's limit of {MAX_UPLOAD_MB:g} MiB"),
+    }
 
 
 @pytest.mark.parametrize("case", ["corrupt", "text", "too_long", "too_large"])
@@ -99,7 +107,7 @@ def test_bad_files_get_a_plain_sentence_in_the_chat(ui, bad_files, case):
     assert words in text(chat[-1]) and "Traceback" not in text(chat[-1])
 
 
-def test_browser_upload_ask_and_see_the_answer(live_server, serve_clips):  # noqa: F811
+def test_browser_upload_ask_and_see_the_answer(live_server, serve_clips):
     sync_api = pytest.importorskip("playwright.sync_api")
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} not found: .ci/run installs Debian's chromium with apt")
@@ -120,7 +128,9 @@ def test_browser_upload_ask_and_see_the_answer(live_server, serve_clips):  # noq
             answer = page.locator('#chat [data-testid="bot"]').last
             sync_api.expect(answer).to_contain_text(re.compile(r"\w"), timeout=30_000)
             sync_api.expect(page.locator("#facts")).to_contain_text("first token", timeout=30_000)  # answer complete
-            sync_api.expect(page.locator('#chat [data-testid="user"]')).to_contain_text("What is happening in this video?")
+            sync_api.expect(page.locator('#chat [data-testid="user"]')).to_contain_text(
+                "What is happening in this video?"
+            )
             page.screenshot(path=str(ARTIFACTS / "ui-answer.png"), full_page=True)
             assert answer.inner_text().strip()
             assert box.input_value() == ""

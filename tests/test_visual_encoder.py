@@ -13,12 +13,12 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from factories import TINY_CLIP, tiny_clip_config
 from PIL import Image
 from safetensors.torch import save_file
 
 from avllm.encoders.visual import CLIPVisualEncoder
 from avllm.errors import ModelLoadError
-from factories import TINY_CLIP, tiny_clip_config
 
 GREY_LEVEL = 1 / 255 / min(open_clip.OPENAI_DATASET_STD)  # one uint8 step after normalising
 
@@ -177,8 +177,13 @@ def test_pretrained_tag_from_the_hub_cache(tiny_cfg, tmp_path, monkeypatch):
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    tag_cfg = {"hf_hub": "someorg/tiny-clip/", "mean": (0.5,) * 3, "std": (0.5,) * 3,
-               "resize_mode": "squash", "quick_gelu": True}
+    tag_cfg = {
+        "hf_hub": "someorg/tiny-clip/",
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        "resize_mode": "squash",
+        "quick_gelu": True,
+    }
     real = open_clip.get_pretrained_cfg
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda m, t: tag_cfg if t == "mytag" else real(m, t))
 

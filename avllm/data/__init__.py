@@ -16,6 +16,14 @@ from .formats import (
 )
 
 __all__ = [
-    "InstructionRecord", "PreferenceRecord", "Problem", "QARecord", "is_yes_no", "load", "qa_messages",
-    "qa_prompt", "validate", "write_jsonl",
+    "InstructionRecord",
+    "PreferenceRecord",
+    "Problem",
+    "QARecord",
+    "is_yes_no",
+    "load",
+    "qa_messages",
+    "qa_prompt",
+    "validate",
+    "write_jsonl",
 ]

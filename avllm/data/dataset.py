@@ -24,8 +24,13 @@ from .formats import InstructionRecord, PreferenceRecord
 log = logging.getLogger(__name__)
 
 
-def build_examples(records: Sequence[Any], cache: FeatureCache, tokenize: Callable[[Any, EncodedClip], list[ChatTokens]],
-                   max_length: int, what: str) -> list[tuple[Any, list[ChatTokens]]]:
+def build_examples(
+    records: Sequence[Any],
+    cache: FeatureCache,
+    tokenize: Callable[[Any, EncodedClip], list[ChatTokens]],
+    max_length: int,
+    what: str,
+) -> list[tuple[Any, list[ChatTokens]]]:
     """Tokenize every record against its clip's layout; drop (and report) those over max_length."""
     kept, dropped = [], []
     for record in tqdm(records, desc=f"tokenizing {what}", unit="record"):
@@ -35,8 +40,14 @@ def build_examples(records: Sequence[Any], cache: FeatureCache, tokenize: Callab
         else:
             kept.append((record, parts))
     if dropped:
-        log.warning("dropped %d of %d %s longer than max_length=%d tokens (first: %s)",
-                    len(dropped), len(records), what, max_length, ", ".join(dropped[:5]))
+        log.warning(
+            "dropped %d of %d %s longer than max_length=%d tokens (first: %s)",
+            len(dropped),
+            len(records),
+            what,
+            max_length,
+            ", ".join(dropped[:5]),
+        )
     return kept
 
 
@@ -46,8 +57,12 @@ class InstructionDataset(Dataset):
     def __init__(self, records: Sequence[InstructionRecord], cache: FeatureCache, model: AVLLM, max_length: int):
         self.cache = cache
         self.examples = build_examples(
-            records, cache, lambda r, enc: [model.tokenize(r.conversations, enc, add_generation_prompt=False)],
-            max_length, "instruction records")
+            records,
+            cache,
+            lambda r, enc: [model.tokenize(r.conversations, enc, add_generation_prompt=False)],
+            max_length,
+            "instruction records",
+        )
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -111,8 +126,11 @@ class PairCollator(Collator):
     """One padded batch of 2B rows: the B chosen answers, then the B rejected ones."""
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
-        rows = [{"input_ids": b[side].input_ids, "labels": b[side].labels, "media": b["media"]}
-                for side in ("chosen", "rejected") for b in batch]
+        rows = [
+            {"input_ids": b[side].input_ids, "labels": b[side].labels, "media": b["media"]}
+            for side in ("chosen", "rejected")
+            for b in batch
+        ]
         out = super().__call__(rows)
         if all("reference" in b for b in batch):
             out["reference"] = torch.stack([b["reference"] for b in batch])

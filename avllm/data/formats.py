@@ -139,8 +139,14 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[tuple[int, Any]], list[Pro
         try:
             rows.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
-            problems.append(Problem(str(path), number, "(line)", f"not valid JSON ({exc.msg} at column {exc.colno}); "
-                                    "each line must be one JSON object"))
+            problems.append(
+                Problem(
+                    str(path),
+                    number,
+                    "(line)",
+                    f"not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object",
+                )
+            )
     return rows, problems
 
 
@@ -152,8 +158,10 @@ def media_problem(root: Path, media: Any, allow_outside: bool) -> tuple[Path | N
     full = candidate if candidate.is_absolute() else root / candidate
     inside = os.path.normpath(full).startswith(os.path.normpath(root) + os.sep)
     if not inside and not allow_outside:
-        return None, (f"{media!r} leaves the dataset folder {root}; move the file into that folder and give a "
-                      "relative path, or allow outside media (--allow-outside-media)")
+        return None, (
+            f"{media!r} leaves the dataset folder {root}; move the file into that folder and give a "
+            "relative path, or allow outside media (--allow-outside-media)"
+        )
     return Path(os.path.normpath(full)), None
 
 
@@ -179,13 +187,13 @@ class _Checker:
     def conversation(self, turns: Any, name: str, end_with: str) -> None:
         """Roles, order, content and the single <video> in the first user turn."""
         if not isinstance(turns, list) or not turns:
-            self.add(name, "must be a non-empty list of {\"role\", \"content\"} turns")
+            self.add(name, 'must be a non-empty list of {"role", "content"} turns')
             return
         roles = []
         for i, turn in enumerate(turns):
             where = f"{name}[{i}]"
             if not isinstance(turn, dict):
-                self.add(where, "must be an object {\"role\": ..., \"content\": ...}")
+                self.add(where, 'must be an object {"role": ..., "content": ...}')
                 roles.append(None)
                 continue
             role = turn.get("role")
@@ -204,8 +212,11 @@ class _Checker:
             return
         expected = ["user" if k % 2 == 0 else "assistant" for k in range(len(body))]
         if body != expected:
-            self.add(name, f"turns go {' -> '.join(body) or '(none)'}; after an optional system turn they must "
-                           "alternate user, assistant, user, ... starting with user")
+            self.add(
+                name,
+                f"turns go {' -> '.join(body) or '(none)'}; after an optional system turn they must "
+                "alternate user, assistant, user, ... starting with user",
+            )
             return
         if body and body[-1] != end_with:
             self.add(name, f"must end with a {end_with} turn, ends with {body[-1]}")
@@ -215,8 +226,9 @@ class _Checker:
             self.add(name, f"holds {sum(counts)} {VIDEO_TOKEN} placeholder(s); put exactly one, in the first user turn")
 
 
-def _check_common(c: _Checker, data: dict, fmt: str, root: Path, allow_outside: bool, check_media: bool,
-                  missing: list[Problem]) -> Path | None:
+def _check_common(
+    c: _Checker, data: dict, fmt: str, root: Path, allow_outside: bool, check_media: bool, missing: list[Problem]
+) -> Path | None:
     for key in REQUIRED[fmt]:
         if key not in data:
             c.add(key, f"missing; a {fmt} record needs {', '.join(REQUIRED[fmt])}")
@@ -257,7 +269,11 @@ def _check_qa(c: _Checker, data: dict) -> None:
         c.add("question", f"holds more than one {VIDEO_TOKEN}")
     choices = data.get("choices")
     if choices is not None:
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(x, str) and x.strip() for x in choices):
+        if (
+            not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(x, str) and x.strip() for x in choices)
+        ):
             c.add("choices", "must be a list of at least two non-empty strings (or left out for open questions)")
         elif len({x.strip().lower() for x in choices}) != len(choices):
             c.add("choices", "has duplicate options; each option must differ")
@@ -265,7 +281,7 @@ def _check_qa(c: _Checker, data: dict) -> None:
             c.add("answer", f"{data['answer']!r} is not one of the choices {choices}; copy the right option exactly")
     split = data.get("split")
     if split is not None and not (isinstance(split, str) and split.strip()):
-        c.add("split", "must be a non-empty string when given (e.g. \"heldout_vocab\")")
+        c.add("split", 'must be a non-empty string when given (e.g. "heldout_vocab")')
 
 
 CHECKS = {"instruction": _check_instruction, "preference": _check_preference, "qa": _check_qa}
@@ -279,12 +295,14 @@ def _build(fmt: str, data: dict, media: Path, line: int) -> Record:
         return InstructionRecord(rid, media, data["conversations"], line, extra)
     if fmt == "preference":
         return PreferenceRecord(rid, media, data["prompt"], data["chosen"], data["rejected"], line, extra)
-    return QARecord(rid, media, data["question"], data["answer"], data["kind"], data.get("choices"),
-                    data.get("split"), line, extra)
+    return QARecord(
+        rid, media, data["question"], data["answer"], data["kind"], data.get("choices"), data.get("split"), line, extra
+    )
 
 
-def validate(path: str | os.PathLike, fmt: str, check_media: bool = True,
-             allow_outside: bool = False) -> tuple[list[Record], list[Problem]]:
+def validate(
+    path: str | os.PathLike, fmt: str, check_media: bool = True, allow_outside: bool = False
+) -> tuple[list[Record], list[Problem]]:
     """All records that passed and every problem found (bad fields, duplicate ids, missing media)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")

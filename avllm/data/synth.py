@@ -30,6 +30,7 @@ import json
 import multiprocessing
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,19 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from ..prompt import VIDEO_TOKEN, with_video
 from .formats import qa_prompt, write_jsonl
-from .synth_media import COLOURS, MOTIONS, SECONDS, SHAPES, SLOTS, SPEEDS, TONE_SLOTS, TONES, VOICES, WORD_SLOTS, render_clip
+from .synth_media import (
+    COLOURS,
+    MOTIONS,
+    SECONDS,
+    SHAPES,
+    SLOTS,
+    SPEEDS,
+    TONE_SLOTS,
+    TONES,
+    VOICES,
+    WORD_SLOTS,
+    render_clip,
+)
 from .synth_text import Question, describe, mc_questions, pick_probes, probe_candidates
 
 VERSION = 1
@@ -66,7 +79,7 @@ class SynthSummary:
 # ----------------------------------------------------------------------------- facts
 
 
-def _pick(rng: np.random.Generator, options) -> Any:
+def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
     value = options[int(rng.integers(len(options)))]
     return value.item() if isinstance(value, np.generic) else value
 
@@ -83,12 +96,23 @@ def sample_facts(seed: int, index: int, heldout_frac: float = 0.1) -> dict[str, 
     """The facts of clip `index` of a set made with `seed`; nothing else influences them."""
     rng = np.random.default_rng([seed, index, VERSION])
     cid = f"s{seed}-{index:05d}"
-    f: dict[str, Any] = {"id": cid, "media": f"clips/{cid}.mp4", "seed": seed, "index": index, "duration": SECONDS,
-                         "slots": SLOTS, "scene": "two" if rng.random() < 0.3 else "one",
-                         "jitter": [int(rng.integers(-10, 11)), int(rng.integers(-10, 11))]}
+    f: dict[str, Any] = {
+        "id": cid,
+        "media": f"clips/{cid}.mp4",
+        "seed": seed,
+        "index": index,
+        "duration": SECONDS,
+        "slots": SLOTS,
+        "scene": "two" if rng.random() < 0.3 else "one",
+        "jitter": [int(rng.integers(-10, 11)), int(rng.integers(-10, 11))],
+    }
     if f["scene"] == "one":
-        f.update(shape=_pick(rng, SHAPES), colour=_pick(rng, list(COLOURS)), count=int(rng.integers(1, 4)),
-                 motion=_pick(rng, list(MOTIONS)))
+        f.update(
+            shape=_pick(rng, SHAPES),
+            colour=_pick(rng, list(COLOURS)),
+            count=int(rng.integers(1, 4)),
+            motion=_pick(rng, list(MOTIONS)),
+        )
     else:
         shapes = rng.choice(len(SHAPES), 2, replace=False)
         colours = rng.choice(len(COLOURS), 2, replace=False)
@@ -114,7 +138,9 @@ def sample_facts(seed: int, index: int, heldout_frac: float = 0.1) -> dict[str, 
             f["beep_slots"] = _spaced_slots(rng, int(rng.integers(1, 5)), list(range(SLOTS)))
         else:
             f["sound_half"] = half
-            f["beep_slots"] = _spaced_slots(rng, int(rng.integers(1, 3)), list(range(half * SLOTS // 2, (half + 1) * SLOTS // 2)))
+            f["beep_slots"] = _spaced_slots(
+                rng, int(rng.integers(1, 3)), list(range(half * SLOTS // 2, (half + 1) * SLOTS // 2))
+            )
         if f["flash_slot"] is not None:  # beep at the flash or not, half and half
             f["sync"] = bool(rng.random() < 0.5)
             others = [s for s in range(SLOTS) if s not in f["beep_slots"]]
@@ -133,8 +159,16 @@ def _user(question: str) -> dict[str, str]:
 
 
 def _qa(f: dict[str, Any], q: Question, n: int, prefix: str = "q") -> dict[str, Any]:
-    record = {"id": f"{f['id']}-{prefix}{n}", "media": f["media"], "question": q.question, "choices": q.choices,
-              "answer": q.answer, "kind": q.kind, "family": q.family, "clip": f["id"]}
+    record = {
+        "id": f"{f['id']}-{prefix}{n}",
+        "media": f["media"],
+        "question": q.question,
+        "choices": q.choices,
+        "answer": q.answer,
+        "kind": q.kind,
+        "family": q.family,
+        "clip": f["id"],
+    }
     if q.split:
         record["split"] = q.split
     return record
@@ -146,26 +180,54 @@ def clip_records(f: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     mcs = mc_questions(f, rng, list(VOCAB))
     candidates = probe_candidates(f, rng)
     probes = pick_probes(candidates, rng, PROBES_PER_ANSWER)
-    out = {"qa": [_qa(f, q, i) for i, q in enumerate(mcs)],
-           "probes": [_qa(f, q, i, "p") for i, q in enumerate(probes)],
-           "instructions": [], "sessions": [], "preferences": []}
+    out = {
+        "qa": [_qa(f, q, i) for i, q in enumerate(mcs)],
+        "probes": [_qa(f, q, i, "p") for i, q in enumerate(probes)],
+        "instructions": [],
+        "sessions": [],
+        "preferences": [],
+    }
     if f["heldout"]:
         return out
     ins, pref = out["instructions"], out["preferences"]
     base = {"media": f["media"], "clip": f["id"]}
     for i, q in enumerate(mcs):  # the eval prompt exactly, answered with the option's text
-        ins.append({"id": f"{f['id']}-mc{i}", **base, "style": "choice", "family": q.family, "kind": q.kind,
-                    "conversations": [_user(qa_prompt(q.question, q.choices)), {"role": "assistant", "content": q.answer}]})
+        ins.append(
+            {
+                "id": f"{f['id']}-mc{i}",
+                **base,
+                "style": "choice",
+                "family": q.family,
+                "kind": q.kind,
+                "conversations": [_user(qa_prompt(q.question, q.choices)), {"role": "assistant", "content": q.answer}],
+            }
+        )
     train_probes = pick_probes(candidates, rng, TRAIN_PROBES_PER_ANSWER)
     for i, q in enumerate(train_probes):
-        ins.append({"id": f"{f['id']}-yn{i}", **base, "style": "yes-no", "family": q.family, "kind": q.kind,
-                    "conversations": [_user(q.question), {"role": "assistant", "content": q.sentence}]})
+        ins.append(
+            {
+                "id": f"{f['id']}-yn{i}",
+                **base,
+                "style": "yes-no",
+                "family": q.family,
+                "kind": q.kind,
+                "conversations": [_user(q.question), {"role": "assistant", "content": q.sentence}],
+            }
+        )
     follow = [mcs[i] for i in rng.permutation(len(mcs)) if mcs[i].family != "describe"][:OPEN_FOLLOW_UPS]
     turns = [_user("Describe what you see and hear."), {"role": "assistant", "content": describe(f)}]
     for q in follow:
         turns += [{"role": "user", "content": q.question}, {"role": "assistant", "content": q.sentence}]
-    ins.append({"id": f"{f['id']}-open", **base, "style": "open", "family": "describe+" + "+".join(q.family for q in follow),
-                "kind": "audio-visual", "conversations": turns})
+    ins.append(
+        {
+            "id": f"{f['id']}-open",
+            **base,
+            "style": "open",
+            "family": "describe+" + "+".join(q.family for q in follow),
+            "kind": "audio-visual",
+            "conversations": turns,
+        }
+    )
     # Preferences: the grounded answer against one that contradicts the sound or the picture; a
     # hallucinated "Yes" against a grounded "No" for a probe whose answer is no; and, as many, a
     # grounded "Yes" against a denial of what is there, so that DPO cannot win by saying "No".
@@ -177,9 +239,18 @@ def clip_records(f: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     yes_probes = [q for q in candidates if q.answer == "yes"]
     chosen_qs.append(yes_probes[int(rng.integers(len(yes_probes)))])
     for i, q in enumerate(chosen_qs):
-        pref.append({"id": f"{f['id']}-pref{i}", **base, "target": q.target, "family": q.family, "kind": q.kind,
-                     "prompt": [_user(q.question if q.family != "describe" else "Describe what you see and hear.")],
-                     "chosen": q.sentence, "rejected": q.wrong})
+        pref.append(
+            {
+                "id": f"{f['id']}-pref{i}",
+                **base,
+                "target": q.target,
+                "family": q.family,
+                "kind": q.kind,
+                "prompt": [_user(q.question if q.family != "describe" else "Describe what you see and hear.")],
+                "chosen": q.sentence,
+                "rejected": q.wrong,
+            }
+        )
     out["sessions"] = sessions(f["id"], ins, rng)
     return out
 
@@ -213,8 +284,13 @@ def session(records: list[dict[str, Any]], record_id: str) -> dict[str, Any]:
         question, answer = r["conversations"]
         text = question["content"] if not turns else question["content"].replace(f"\n{VIDEO_TOKEN}", "")
         turns += [{"role": "user", "content": text}, answer]
-    return {"id": record_id, "media": records[0]["media"], "clip": records[0]["clip"], "style": "session",
-            "conversations": turns}
+    return {
+        "id": record_id,
+        "media": records[0]["media"],
+        "clip": records[0]["clip"],
+        "style": "session",
+        "conversations": turns,
+    }
 
 
 def _render(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
@@ -226,8 +302,9 @@ def _render(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the whole set
 
 
-def synthesize(out: str | Path, n: int, seed: int, workers: int = 2, heldout_frac: float = 0.1,
-               progress: bool = True) -> SynthSummary:
+def synthesize(
+    out: str | Path, n: int, seed: int, workers: int = 2, heldout_frac: float = 0.1, progress: bool = True
+) -> SynthSummary:
     """Write n clips and their record files into `out` (see the module docstring)."""
     if n <= 0:
         raise DataError(f"--n {n}: give a positive number of clips")
@@ -252,14 +329,22 @@ def synthesize(out: str | Path, n: int, seed: int, workers: int = 2, heldout_fra
                     bar.update()
     finally:
         bar.close()
-    files = {name: [r for result in results for r in result[name]] for name in ("instructions", "sessions", "preferences", "qa", "probes")}
+    files = {
+        name: [r for result in results for r in result[name]]
+        for name in ("instructions", "sessions", "preferences", "qa", "probes")
+    }
     counts = {"clips": write_jsonl(out / "clips.jsonl", facts)}
     for name, records in files.items():
         counts[name] = write_jsonl(out / f"{name}.jsonl", records)
     summary = SynthSummary(out, seed, n, counts, time.perf_counter() - start)
     stats = {
-        "version": VERSION, "seed": seed, "n": n, "heldout_frac": heldout_frac, "vocab": list(VOCAB),
-        "heldout_vocab": list(HELDOUT_VOCAB), "counts": counts,
+        "version": VERSION,
+        "seed": seed,
+        "n": n,
+        "heldout_frac": heldout_frac,
+        "vocab": list(VOCAB),
+        "heldout_vocab": list(HELDOUT_VOCAB),
+        "counts": counts,
         "qa_by_kind": dict(Counter(r["kind"] for r in files["qa"])),
         "probes_by_answer": dict(Counter(r["answer"] for r in files["probes"])),
         "heldout_clips": sum(f["heldout"] for f in facts),

@@ -70,7 +70,11 @@ def shape_mask(shape: str, size: int) -> np.ndarray:
         return (yy >= top) & (yy <= bottom) & (np.abs(xx - c) <= half)
     if shape == "cross":  # a plus sign with thick arms
         arm = 0.17 * size
-        return ((np.abs(xx - c) <= arm) | (np.abs(yy - c) <= arm)) & (np.abs(xx - c) <= 0.48 * size) & (np.abs(yy - c) <= 0.48 * size)
+        return (
+            ((np.abs(xx - c) <= arm) | (np.abs(yy - c) <= arm))
+            & (np.abs(xx - c) <= 0.48 * size)
+            & (np.abs(yy - c) <= 0.48 * size)
+        )
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -141,12 +145,17 @@ def sine(freq_start: float, freq_end: float, seconds: float, amplitude: float) -
 def spoken(word: str, voice: str, speed: int) -> np.ndarray:
     """espeak-ng's rendering of one word at RATE, silence trimmed, peak 0.6 (cached per process)."""
     try:
-        out = subprocess.run(["espeak-ng", "--stdout", "-v", voice, "-s", str(speed), word],
-                             capture_output=True, check=True, timeout=30).stdout
+        out = subprocess.run(
+            ["espeak-ng", "--stdout", "-v", voice, "-s", str(speed), word], capture_output=True, check=True, timeout=30
+        ).stdout
     except FileNotFoundError as exc:
-        raise DataError("espeak-ng is not installed; install it (apt-get install espeak-ng) to synthesize speech") from exc
+        raise DataError(
+            "espeak-ng is not installed; install it (apt-get install espeak-ng) to synthesize speech"
+        ) from exc
     except subprocess.CalledProcessError as exc:
-        raise DataError(f"espeak-ng failed on {word!r} with voice {voice}: {exc.stderr.decode(errors='replace')}") from exc
+        raise DataError(
+            f"espeak-ng failed on {word!r} with voice {voice}: {exc.stderr.decode(errors='replace')}"
+        ) from exc
     with wave.open(io.BytesIO(out)) as wav:
         rate = wav.getframerate()
         data = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).astype(np.float32) / 32768

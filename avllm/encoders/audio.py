@@ -108,7 +108,9 @@ def resolve(spec: str) -> tuple[ModelDimensions, dict[str, torch.Tensor], str]:
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "model.bin").is_file():
-            raise ModelLoadError(f"{spec}: folder has no model.bin, so it is not a CTranslate2 model; expected {SPEC_FORMS}")
+            raise ModelLoadError(
+                f"{spec}: folder has no model.bin, so it is not a CTranslate2 model; expected {SPEC_FORMS}"
+            )
         dims, state = _load_safetensors(cached_checkpoint(path))
         return dims, state, f"CTranslate2 folder {path}, converted"
     if path.suffix in (".pt", ".safetensors"):
@@ -142,7 +144,9 @@ class WhisperAudioEncoder(torch.nn.Module):
         self.dim = dims.n_audio_state
         self.n_mels = dims.n_mels
         self.description = description
-        self.encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
+        self.encoder = AudioEncoder(
+            dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer
+        )
         prefixed = any(k.startswith("encoder.") for k in state)
         own = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.") or not prefixed}
         try:
@@ -211,10 +215,14 @@ class WhisperAudioEncoder(torch.nn.Module):
             for length, group in by_length.items():
                 for b in range(0, len(group), self.batch_size):
                     batch = group[b : b + self.batch_size]
-                    mel = torch.stack([
-                        whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(c).to(device)), self.n_mels)[:, :length]
-                        for _, _, c in batch
-                    ])
+                    mel = torch.stack(
+                        [
+                            whisper.log_mel_spectrogram(
+                                whisper.pad_or_trim(torch.from_numpy(c).to(device)), self.n_mels
+                            )[:, :length]
+                            for _, _, c in batch
+                        ]
+                    )
                     out = self.encode_mel(mel.to(dtype)).float().cpu()
                     for (i, w, c), feats in zip(batch, out):
                         pieces[i][w] = feats[: self.num_frames(c.size)]

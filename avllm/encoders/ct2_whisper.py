@@ -17,6 +17,7 @@ import os
 import re
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -90,7 +91,9 @@ def read_model_bin(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict
             nbytes = _u(f, "I", path)
             dtype = np.dtype(_DTYPES[code])
             if nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-                raise ModelLoadError(f"{path}: corrupt CTranslate2 model.bin ({name}: {nbytes} bytes for shape {shape})")
+                raise ModelLoadError(
+                    f"{path}: corrupt CTranslate2 model.bin ({name}: {nbytes} bytes for shape {shape})"
+                )
             array = np.frombuffer(_read(f, nbytes, path), dtype=dtype).reshape(shape)
             if code == _BF16:
                 array = (array.astype(np.uint32) << 16).view(np.float32)
@@ -128,8 +131,13 @@ _ENC_LAYER = {
     "ffn/linear_1": "mlp.2",
     "ffn/layer_norm": "mlp_ln",
 }
-_DEC_LAYER = {**_ENC_LAYER, "attention/linear_0": "cross_attn.query", "attention/linear_1": "cross_attn.{kv}",
-              "attention/linear_2": "cross_attn.out", "attention/layer_norm": "cross_attn_ln"}
+_DEC_LAYER = {
+    **_ENC_LAYER,
+    "attention/linear_0": "cross_attn.query",
+    "attention/linear_1": "cross_attn.{kv}",
+    "attention/linear_2": "cross_attn.out",
+    "attention/layer_norm": "cross_attn_ln",
+}
 _TOP = {
     "encoder/conv1": "encoder.conv1",
     "encoder/conv2": "encoder.conv2",
@@ -223,7 +231,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(target: Path, write) -> None:
+def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     """Write through a temp file in the same folder, then rename: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)

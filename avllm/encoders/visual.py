@@ -73,8 +73,9 @@ class CLIPVisualEncoder(torch.nn.Module):
         return super().train(False)
 
     @classmethod
-    def from_spec(cls, arch: str, pretrained: str | None = None, device: str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> CLIPVisualEncoder:
+    def from_spec(
+        cls, arch: str, pretrained: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> CLIPVisualEncoder:
         """Build from an open_clip arch name or JSON config, and a tag, a checkpoint file or None.
 
         `dtype` is the tower's compute dtype (bfloat16 is ~3x faster on CPUs with AMX).
@@ -247,7 +248,7 @@ def _random_tower(name: str, model_cfg: dict[str, Any]) -> VisionTransformer:
             if meta.get("config") == key:
                 return _tower_from_state(name, model_cfg, quick_gelu, load_file(str(path)), str(path))
             log.warning("%s was made for another %s config; regenerating it", path, name)
-        except Exception as exc:  # a truncated or corrupt cache file is rebuilt, not trusted
+        except Exception as exc:  # noqa: BLE001 - a truncated or corrupt cache file is rebuilt, not trusted
             log.warning("%s is unreadable (%s); regenerating it", path, exc)
     # Same RNG order as open_clip.create_model(name) under torch.manual_seed(0): the vision
     # tower is built first, so these equal the visual weights of open_clip's own random model.
@@ -307,7 +308,7 @@ def _cached_hub_file(tag_cfg: dict[str, Any]) -> str | None:
     for fname in names:
         try:
             return hf_hub_download(repo, fname, local_files_only=True)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any file not in the local cache: try the next name
             continue
     return None
 

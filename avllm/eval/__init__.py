@@ -14,14 +14,37 @@ from .report import build_report, markdown, write_report
 from .scoring import MODES, AnswerModel, AVLLMScorer, TaskResult, evaluate
 from .tasks import TASKS, EvalItem, Task, TaskData, make_task
 
-__all__ = ["MODES", "TASKS", "AVLLMScorer", "AnswerModel", "EvalItem", "Task", "TaskData", "TaskResult",
-           "build_report", "evaluate", "make_task", "markdown", "run_eval", "write_report"]
+__all__ = [
+    "MODES",
+    "TASKS",
+    "AVLLMScorer",
+    "AnswerModel",
+    "EvalItem",
+    "Task",
+    "TaskData",
+    "TaskResult",
+    "build_report",
+    "evaluate",
+    "make_task",
+    "markdown",
+    "run_eval",
+    "write_report",
+]
 
 
-def run_eval(model: str | AnswerModel, tasks: list[str], limit: int | None = None, mode: str = "loglik",
-             media_dir: str | None = None, allow_outside: bool = False, batch_size: int = 16,
-             max_new_tokens: int = 32, out: str | Path | None = None, progress: bool = True,
-             device: str | None = None) -> dict[str, Any]:
+def run_eval(
+    model: str | AnswerModel,
+    tasks: list[str],
+    limit: int | None = None,
+    mode: str = "loglik",
+    media_dir: str | None = None,
+    allow_outside: bool = False,
+    batch_size: int = 16,
+    max_new_tokens: int = 32,
+    out: str | Path | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Load the tasks, then the model (a preset, YAML or checkpoint folder, or an AnswerModel),
     score every task and return the report (also written to `out` and `out`.md when given)."""
     start = time.perf_counter()
@@ -37,4 +60,3 @@ def run_eval(model: str | AnswerModel, tasks: list[str], limit: int | None = Non
     if out is not None:
         write_report(report, out, results)
     return report
-

@@ -34,9 +34,13 @@ def _group(items: list[ItemResult]) -> dict[str, Any]:
     out["chance"] = round(sum(chances) / n, 4) if n else None
     yes_no = [r for r in items if r.yes_no]
     if yes_no:
-        said_yes = {id(r) for r in yes_no if r.prediction is not None and normalize(r.prediction).split()[:1] == ["yes"]}
+        said_yes = {
+            id(r) for r in yes_no if r.prediction is not None and normalize(r.prediction).split()[:1] == ["yes"]
+        }
         true_no = [r for r in yes_no if normalize(r.answer) == "no"]
-        out["hallucination_rate"] = round(sum(id(r) in said_yes for r in true_no) / len(true_no), 4) if true_no else None
+        out["hallucination_rate"] = (
+            round(sum(id(r) in said_yes for r in true_no) / len(true_no), 4) if true_no else None
+        )
         out["yes_rate"] = round(len(said_yes) / len(yes_no), 4)
     return out
 
@@ -83,13 +87,19 @@ def _pct(value: float | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """One table: each task's overall row, its kinds, then its splits; notes on missing media after."""
-    lines = [f"Model: `{report['model']}`; {report['seconds']:.1f} s in all.", "",
-             "| task | group | n | accuracy | chance | hallucination rate |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"Model: `{report['model']}`; {report['seconds']:.1f} s in all.",
+        "",
+        "| task | group | n | accuracy | chance | hallucination rate |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     notes = []
 
     def row(task: str, group: str, g: dict[str, Any]) -> None:
-        lines.append(f"| {task} | {group} | {g['n']} | {_pct(g['accuracy'])} | {_pct(g['chance'])} | "
-                     f"{_pct(g.get('hallucination_rate'))} |")
+        lines.append(
+            f"| {task} | {group} | {g['n']} | {_pct(g['accuracy'])} | {_pct(g['chance'])} | "
+            f"{_pct(g.get('hallucination_rate'))} |"
+        )
 
     for name, t in report["tasks"].items():
         row(name, f"all ({t['mode']})", t)
@@ -100,8 +110,10 @@ def markdown(report: dict[str, Any]) -> str:
             for kind, g in s["by_kind"].items():
                 row("", f"split {split}: {kind}", g)
         if t["missing_media"]:
-            notes.append(f"- {name}: {t['missing_media']} item(s) not scored, media missing "
-                         f"({', '.join(t.get('missing_files', [])[:5])}{', ...' if len(t.get('missing_files', [])) > 5 else ''})")
+            notes.append(
+                f"- {name}: {t['missing_media']} item(s) not scored, media missing "
+                f"({', '.join(t.get('missing_files', [])[:5])}{', ...' if len(t.get('missing_files', [])) > 5 else ''})"
+            )
         if t["unreadable_media"]:
             notes.append(f"- {name}: {t['unreadable_media']} item(s) not scored, media unreadable")
         for reason, count in t.get("skipped", {}).items():
@@ -124,9 +136,22 @@ def write_report(report: dict[str, Any], out: str | Path, results: list[TaskResu
         with open(preds, "w", encoding="utf-8") as fh:
             for r in results:
                 for item in r.results:
-                    fh.write(json.dumps({"task": r.name, "id": item.id, "kind": item.kind, "split": item.split,
-                                         "answer": item.answer, "prediction": item.prediction, "correct": item.correct,
-                                         "scores": None if item.scores is None else [round(s, 4) for s in item.scores],
-                                         "generated": item.generated}, ensure_ascii=False) + "\n")
+                    fh.write(
+                        json.dumps(
+                            {
+                                "task": r.name,
+                                "id": item.id,
+                                "kind": item.kind,
+                                "split": item.split,
+                                "answer": item.answer,
+                                "prediction": item.prediction,
+                                "correct": item.correct,
+                                "scores": None if item.scores is None else [round(s, 4) for s in item.scores],
+                                "generated": item.generated,
+                            },
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                    )
         written.append(preds)
     return written

@@ -31,11 +31,14 @@ from .tasks import EvalItem, TaskData
 
 MODES = ("loglik", "generate")
 YES_NO_SCORED = ("Yes", "No")  # how a grounded answer starts (see synth's probes)
-NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+NUMBER_WORDS = {
+    w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())
+}
 ARTICLES = {"a", "an", "the"}
 
-ChoiceRequest = tuple[list[Message], list[str], bool]  # conversation ending in the user's turn, options, first-word only
+ChoiceRequest = tuple[
+    list[Message], list[str], bool
+]  # conversation ending in the user's turn, options, first-word only
 
 
 class AnswerModel(Protocol):
@@ -119,8 +122,14 @@ def _messages(item: EvalItem) -> list[Message]:
     return qa_messages(item.question, item.choices, item.history or None)
 
 
-def evaluate(task: TaskData, model: AnswerModel, mode: str = "loglik", limit: int | None = None,
-             max_new_tokens: int = 32, progress: bool = True) -> TaskResult:
+def evaluate(
+    task: TaskData,
+    model: AnswerModel,
+    mode: str = "loglik",
+    limit: int | None = None,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> TaskResult:
     """Score a task's items (the first `limit`); each clip is encoded once for all its questions."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -152,13 +161,19 @@ def evaluate(task: TaskData, model: AnswerModel, mode: str = "loglik", limit: in
     return result
 
 
-def _score_group(model: AnswerModel, enc: Any, group: list[EvalItem], mode: str, max_new_tokens: int) -> list[ItemResult]:
+def _score_group(
+    model: AnswerModel, enc: Any, group: list[EvalItem], mode: str, max_new_tokens: int
+) -> list[ItemResult]:
     by_ll = [it for it in group if it.choices and mode == "loglik"]
     scored_by_ll = {id(it) for it in by_ll}
     requests = []
     for it in by_ll:
         yn = is_yes_no(it.choices)
-        options = [YES_NO_SCORED[0] if c.strip().lower() == "yes" else YES_NO_SCORED[1] for c in it.choices] if yn else it.choices
+        options = (
+            [YES_NO_SCORED[0] if c.strip().lower() == "yes" else YES_NO_SCORED[1] for c in it.choices]
+            if yn
+            else it.choices
+        )
         requests.append((_messages(it), options, yn))
     scores = iter(model.choice_scores(enc, requests) if requests else [])
     out = []
@@ -172,9 +187,13 @@ def _score_group(model: AnswerModel, enc: Any, group: list[EvalItem], mode: str,
         text = model.generate(enc, _messages(it), max_new_tokens)
         if it.choices:
             pred = match_choice(text, it.choices)
-            out.append(ItemResult(it.id, it.kind, it.split, it.answer, pred, pred == it.answer, it.choices, generated=text))
+            out.append(
+                ItemResult(it.id, it.kind, it.split, it.answer, pred, pred == it.answer, it.choices, generated=text)
+            )
         else:
-            out.append(ItemResult(it.id, it.kind, it.split, it.answer, text, exact_match(text, it.answer), generated=text))
+            out.append(
+                ItemResult(it.id, it.kind, it.split, it.answer, text, exact_match(text, it.answer), generated=text)
+            )
     return out
 
 
@@ -197,7 +216,9 @@ class AVLLMScorer:
 
     def _sequence(self, enc: Any, messages: list[Message], option: str, first_word: bool) -> tuple[list[int], int]:
         """Token ids of the conversation answered with `option`, and how many final tokens are scored."""
-        tokens = self.model.tokenize([*messages, {"role": "assistant", "content": option}], enc, add_generation_prompt=False)
+        tokens = self.model.tokenize(
+            [*messages, {"role": "assistant", "content": option}], enc, add_generation_prompt=False
+        )
         labels = tokens.labels
         end = max(i for i, t in enumerate(labels) if t != IGNORE_INDEX) + 1
         begin = end
@@ -214,13 +235,19 @@ class AVLLMScorer:
         shared start does not hold all the media run whole instead (left padded)."""
         import torch
 
-        groups = [[self._sequence(enc, messages, option, first) for option in options] for messages, options, first in requests]
+        groups = [
+            [self._sequence(enc, messages, option, first) for option in options]
+            for messages, options, first in requests
+        ]
         seqs = [seq for group in groups for seq in group]
         with torch.inference_mode():
             shared = self._common_length(seqs, 0)
             if shared == 0 or any(self.model.video_token_id in ids[shared:] for ids, _ in seqs):
-                flat = [x for k in range(0, len(seqs), self.batch_size)
-                        for x in self._batch_scores(enc, seqs[k : k + self.batch_size], torch)]
+                flat = [
+                    x
+                    for k in range(0, len(seqs), self.batch_size)
+                    for x in self._batch_scores(enc, seqs[k : k + self.batch_size], torch)
+                ]
             else:
                 flat = self._staged_scores(enc, groups, shared, torch)
         out, k = [], 0
@@ -229,7 +256,9 @@ class AVLLMScorer:
             k += len(group)
         return out
 
-    def _staged_scores(self, enc: Any, groups: list[list[tuple[list[int], int]]], shared: int, torch: Any) -> list[float]:
+    def _staged_scores(
+        self, enc: Any, groups: list[list[tuple[list[int], int]]], shared: int, torch: Any
+    ) -> list[float]:
         device = self.model.llm.get_input_embeddings().weight.device
         first = torch.tensor([groups[0][0][0][:shared]], device=device)
         out = self._llm_call(self.model.embed(first, [enc]), torch.ones_like(first), None, None, logits_to_keep=1)
@@ -297,8 +326,13 @@ class AVLLMScorer:
                 new[row, : len(p)] = 1
         positions = mask.sum(dim=1, keepdim=True) + torch.arange(width, device=device).unsqueeze(0)
         full = torch.cat([mask, new], dim=1)
-        out = self._llm_call(self.model.llm.get_input_embeddings()(ids), full, cache, positions,
-                             **({} if logits else {"logits_to_keep": 1}))
+        out = self._llm_call(
+            self.model.llm.get_input_embeddings()(ids),
+            full,
+            cache,
+            positions,
+            **({} if logits else {"logits_to_keep": 1}),
+        )
         logprobs = torch.log_softmax(out.logits.float(), dim=-1) if logits else None
         return logprobs, self._out_cache(out), full
 
@@ -349,8 +383,8 @@ class AVLLMScorer:
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, (seq, _) in enumerate(batch):
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
         keep = max(n for _, n in batch) + 1
         ids, mask = ids.to(device), mask.to(device)
         embeds = self.model.embed(ids, [enc] * len(batch))

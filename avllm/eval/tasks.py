@@ -106,7 +106,9 @@ def _need(record: Any, keys: tuple[str, ...], where: str, problems: list[str]) -
 def _raise(path: Path, problems: list[str], what: str) -> None:
     if problems:
         listed = problems[:50] + ([f"... and {len(problems) - 50} more"] if len(problems) > 50 else [])
-        raise DataError(f"{path}: {len(problems)} problem(s); is this the published {what} file?\n  " + "\n  ".join(listed))
+        raise DataError(
+            f"{path}: {len(problems)} problem(s); is this the published {what} file?\n  " + "\n  ".join(listed)
+        )
 
 
 class JsonlTask(Task):
@@ -144,8 +146,16 @@ class MusicAVQATask(Task):
             media = self.find_media(str(rec["video_id"]))
             if media is None:
                 missing.append(str(rec["video_id"]))
-            items.append(EvalItem(str(rec["question_id"]), media, question + SHORT_ANSWER, str(rec["anser"]), kind,
-                                  wanted=str(rec["video_id"])))
+            items.append(
+                EvalItem(
+                    str(rec["question_id"]),
+                    media,
+                    question + SHORT_ANSWER,
+                    str(rec["anser"]),
+                    kind,
+                    wanted=str(rec["video_id"]),
+                )
+            )
         _raise(self.path, problems, "MUSIC-AVQA")
         return TaskData(self.name, items, sorted(set(missing)))
 
@@ -176,20 +186,24 @@ def fill_template(question: str, values: Any) -> str:
 
 class AVSDTask(Task):
     prefix = "avsd"
-    description = "AVSD dialogues ({\"dialogs\": [{image_id, dialog}]}); --media-dir holds the Charades videos"
+    description = 'AVSD dialogues ({"dialogs": [{image_id, dialog}]}); --media-dir holds the Charades videos'
 
     def load(self) -> TaskData:
         data = self.read_json()
         dialogs = data.get("dialogs") if isinstance(data, dict) else None
         if not isinstance(dialogs, list):
-            raise DataError(f"{self.path}: expected {{\"dialogs\": [...]}} as in the published AVSD files")
+            raise DataError(f'{self.path}: expected {{"dialogs": [...]}} as in the published AVSD files')
         items, missing, problems, skipped = [], [], [], {}
         for i, rec in enumerate(dialogs):
             where = f"{self.path}: dialogs[{i}]"
             if not _need(rec, ("image_id", "dialog"), where, problems):
                 continue
             turns = rec["dialog"]
-            if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) and "question" in t and "answer" in t for t in turns):
+            if (
+                not isinstance(turns, list)
+                or not turns
+                or not all(isinstance(t, dict) and "question" in t and "answer" in t for t in turns)
+            ):
                 problems.append(f"{where}.dialog: must be a non-empty list of {{question, answer}}")
                 continue
             last = turns[-1]
@@ -198,21 +212,35 @@ class AVSDTask(Task):
                 continue
             history: list[Message] = []
             for t in turns[:-1]:
-                history += [{"role": "user", "content": str(t["question"])}, {"role": "assistant", "content": str(t["answer"])}]
+                history += [
+                    {"role": "user", "content": str(t["question"])},
+                    {"role": "assistant", "content": str(t["answer"])},
+                ]
             if history:
                 history[0]["content"] = with_video(history[0]["content"])
             media = self.find_media(str(rec["image_id"]))
             if media is None:
                 missing.append(str(rec["image_id"]))
-            items.append(EvalItem(f"{rec['image_id']}-{len(turns) - 1}", media, str(last["question"]), str(last["answer"]),
-                                  "audio-visual", history=history, wanted=str(rec["image_id"])))
+            items.append(
+                EvalItem(
+                    f"{rec['image_id']}-{len(turns) - 1}",
+                    media,
+                    str(last["question"]),
+                    str(last["answer"]),
+                    "audio-visual",
+                    history=history,
+                    wanted=str(rec["image_id"]),
+                )
+            )
         _raise(self.path, problems, "AVSD")
         return TaskData(self.name, items, sorted(set(missing)), skipped)
 
 
 class AVHBenchTask(Task):
     prefix = "avhbench"
-    description = "AVHBench judgement questions (JSON lists of {video_id, task, text, label}); a file or a folder of them"
+    description = (
+        "AVHBench judgement questions (JSON lists of {video_id, task, text, label}); a file or a folder of them"
+    )
 
     def load(self) -> TaskData:
         files = sorted(self.path.glob("*.json")) if self.path.is_dir() else [self.path]
@@ -236,8 +264,17 @@ class AVHBenchTask(Task):
                 media = self.find_media(str(rec["video_id"]))
                 if media is None:
                     missing.append(str(rec["video_id"]))
-                items.append(EvalItem(f"{path.stem}-{i}", media, str(rec["text"]), label, kind, ["yes", "no"],
-                                      wanted=str(rec["video_id"])))
+                items.append(
+                    EvalItem(
+                        f"{path.stem}-{i}",
+                        media,
+                        str(rec["text"]),
+                        label,
+                        kind,
+                        ["yes", "no"],
+                        wanted=str(rec["video_id"]),
+                    )
+                )
         _raise(self.path, problems, "AVHBench")
         return TaskData(self.name, items, sorted(set(missing)), skipped)
 

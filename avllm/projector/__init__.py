@@ -15,8 +15,9 @@ PROJECTORS: dict[str, type[torch.nn.Module]] = {
 }
 
 
-def build_projector(kind: str, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None,
-                    out_scale: float = 1.0) -> torch.nn.Module:
+def build_projector(
+    kind: str, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None, out_scale: float = 1.0
+) -> torch.nn.Module:
     """The projector named `kind`; `grid` is the patch grid for visual features, None for audio;
     `out_scale` the per-element RMS of the LLM's token embeddings, which its outputs start at."""
     if kind not in PROJECTORS:

@@ -23,13 +23,23 @@ from torch import nn
 
 
 class ClipSummary(nn.Module):
-    def __init__(self, in_dims: tuple[int, ...], slot_tokens: tuple[int, ...], out_dim: int, tokens: int,
-                 slots: int = 8, width: int = 32, hidden: int = 256, out_scale: float = 1.0):
+    def __init__(
+        self,
+        in_dims: tuple[int, ...],
+        slot_tokens: tuple[int, ...],
+        out_dim: int,
+        tokens: int,
+        slots: int = 8,
+        width: int = 32,
+        hidden: int = 256,
+        out_scale: float = 1.0,
+    ):
         super().__init__()
         self.tokens, self.slots = tokens, slots
         self.squeeze = nn.ModuleList(nn.Linear(d, width) for d in in_dims)
-        self.mlp = nn.Sequential(nn.Linear(slots * width * sum(slot_tokens), hidden), nn.GELU(),
-                                 nn.Linear(hidden, tokens * out_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(slots * width * sum(slot_tokens), hidden), nn.GELU(), nn.Linear(hidden, tokens * out_dim)
+        )
         self.out_norm = nn.RMSNorm(out_dim)
         nn.init.constant_(self.out_norm.weight, out_scale)
 

@@ -36,6 +36,7 @@ training and swamped the residual stream (visual answers stayed at chance).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,9 @@ def grid_shape(tokens: int) -> tuple[int, int]:
 
 
 class MLPPoolProjector(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None, out_scale: float = 1.0):
+    def __init__(
+        self, in_dim: int, out_dim: int, tokens: int, grid: tuple[int, int] | None = None, out_scale: float = 1.0
+    ):
         super().__init__()
         self.tokens = tokens
         self.grid = grid
@@ -70,9 +73,13 @@ class MLPPoolProjector(nn.Module):
             return F.adaptive_avg_pool1d(features.transpose(1, 2), self.tokens).transpose(1, 2)
         x = features.transpose(1, 2).reshape(features.shape[0], features.shape[2], *self.grid)
         size = grid_shape(self.tokens)
-        return torch.cat([F.adaptive_avg_pool2d(x, size), F.adaptive_max_pool2d(x, size)], dim=1).flatten(2).transpose(1, 2)
+        return (
+            torch.cat([F.adaptive_avg_pool2d(x, size), F.adaptive_max_pool2d(x, size)], dim=1)
+            .flatten(2)
+            .transpose(1, 2)
+        )
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any):
         """Weights saved with a whitening matrix bring it; exported ones (folded) and older ones have none."""
         whiten = state_dict.get(prefix + "feature_whiten")
         self.feature_whiten = None if whiten is None else self.feature_mean.new_empty(whiten.shape)
@@ -95,7 +102,8 @@ class MLPPoolProjector(nn.Module):
         return True
 
     def standardized(self, slots: list[torch.Tensor | None]) -> tuple[torch.Tensor, list[int]]:
-        """The pooled, standardised (and whitened) inputs [S, tokens, input_dim] (zeros where absent) and the present slots."""
+        """The pooled, standardised (and whitened) inputs [S, tokens, input_dim] (zeros where absent)
+        and the present slots."""
         present = [i for i, x in enumerate(slots) if x is not None]
         param = self.mlp[0].weight
         out = param.new_zeros(len(slots), self.tokens, self.input_dim)
@@ -106,7 +114,9 @@ class MLPPoolProjector(nn.Module):
             out[present] = white.to(out.dtype)  # autocast runs the matmul in bf16
         return out, present
 
-    def forward(self, slots: list[torch.Tensor | None], standard: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
+    def forward(
+        self, slots: list[torch.Tensor | None], standard: tuple[torch.Tensor, list[int]] | None = None
+    ) -> torch.Tensor:
         """One entry per time slot: features [N, in_dim] or None when absent -> [S, tokens, out_dim].
         `standard` is this call's `standardized(slots)` when the caller already has it."""
         inputs, present = standard if standard is not None else self.standardized(slots)

@@ -36,7 +36,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -58,11 +58,25 @@ log = logging.getLogger("avllm.serve")
 FETCH_TIMEOUT = 15.0  # seconds for an http(s) video_url
 DEFAULT_MAX_TOKENS = 256  # when a request sets neither max_tokens nor max_completion_tokens
 SUFFIXES = {  # MIME type of a data: URL -> file suffix (PyAV probes the content; this only helps)
-    "video/mp4": ".mp4", "video/webm": ".webm", "video/x-matroska": ".mkv", "video/matroska": ".mkv",
-    "video/quicktime": ".mov", "video/x-msvideo": ".avi", "video/mpeg": ".mpg", "video/ogg": ".ogv",
-    "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/mpeg": ".mp3", "audio/mp3": ".mp3",
-    "audio/flac": ".flac", "audio/x-flac": ".flac", "audio/ogg": ".ogg", "audio/webm": ".webm",
-    "audio/mp4": ".m4a", "audio/aac": ".aac",
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "video/x-matroska": ".mkv",
+    "video/matroska": ".mkv",
+    "video/quicktime": ".mov",
+    "video/x-msvideo": ".avi",
+    "video/mpeg": ".mpg",
+    "video/ogg": ".ogv",
+    "audio/wav": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/wave": ".wav",
+    "audio/mpeg": ".mp3",
+    "audio/mp3": ".mp3",
+    "audio/flac": ".flac",
+    "audio/x-flac": ".flac",
+    "audio/ogg": ".ogg",
+    "audio/webm": ".webm",
+    "audio/mp4": ".m4a",
+    "audio/aac": ".aac",
 }
 PART_TYPES = ("text", "video_url", "input_audio")
 
@@ -129,7 +143,9 @@ class ApiError(Exception):
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large", 422: "invalid_request_error"}
-    body = {"error": {"message": message, "type": kind.get(status, "invalid_request_error"), "param": param, "code": code}}
+    body = {
+        "error": {"message": message, "type": kind.get(status, "invalid_request_error"), "param": param, "code": code}
+    }
     return JSONResponse(body, status_code=status)
 
 
@@ -167,8 +183,11 @@ def split_messages(messages: list[ChatMessage]) -> tuple[Media, list[Message], s
             kind = raw.get("type") if isinstance(raw, dict) else None
             if kind not in PART_TYPES:
                 hint = "; send the clip as video_url (images are not supported)" if kind == "image_url" else ""
-                raise ApiError(400, f"{where}: unsupported content part type {kind!r}; this server takes "
-                                    f"{', '.join(PART_TYPES)}{hint}", param=where)
+                raise ApiError(
+                    400,
+                    f"{where}: unsupported content part type {kind!r}; this server takes {', '.join(PART_TYPES)}{hint}",
+                    param=where,
+                )
             try:
                 part = PART.validate_python(raw)
             except ValidationError as exc:
@@ -177,7 +196,11 @@ def split_messages(messages: list[ChatMessage]) -> tuple[Media, list[Message], s
                 texts.append(part.text)
                 continue
             if role != "user":
-                raise ApiError(400, f"{where}: a {kind} part may only come in a user message, not a {message.role} message", param=where)
+                raise ApiError(
+                    400,
+                    f"{where}: a {kind} part may only come in a user message, not a {message.role} message",
+                    param=where,
+                )
             if isinstance(part, VideoPart):
                 url = part.video_url if isinstance(part.video_url, str) else part.video_url.url
                 media.append(Media("video_url", url, where=where))
@@ -185,15 +208,26 @@ def split_messages(messages: list[ChatMessage]) -> tuple[Media, list[Message], s
                 media.append(Media("input_audio", part.input_audio.data, part.input_audio.format, where))
         turns.append({"role": role, "content": "\n".join(texts)})
     if not media:
-        raise ApiError(400, "the conversation has no clip: this model answers questions about a video or audio clip; "
-                            "add a video_url part (a data: URL with base64 video) or an input_audio part "
-                            "(base64 wav or mp3) to a user message", param="messages")
+        raise ApiError(
+            400,
+            "the conversation has no clip: this model answers questions about a video or audio clip; "
+            "add a video_url part (a data: URL with base64 video) or an input_audio part "
+            "(base64 wav or mp3) to a user message",
+            param="messages",
+        )
     if len(media) > 1:
-        raise ApiError(400, f"the conversation has {len(media)} clips ({', '.join(m.where for m in media)}); "
-                            "this model takes exactly one video_url or input_audio part per conversation", param="messages")
+        raise ApiError(
+            400,
+            f"the conversation has {len(media)} clips ({', '.join(m.where for m in media)}); "
+            "this model takes exactly one video_url or input_audio part per conversation",
+            param="messages",
+        )
     if turns[-1]["role"] != "user":
-        raise ApiError(400, f"the last message is a {turns[-1]['role']} message; end the conversation with the "
-                            "user's question", param=f"messages[{len(turns) - 1}]")
+        raise ApiError(
+            400,
+            f"the last message is a {turns[-1]['role']} message; end the conversation with the user's question",
+            param=f"messages[{len(turns) - 1}]",
+        )
     return media[0], turns[:-1], turns[-1]["content"]
 
 
@@ -203,7 +237,9 @@ def decode_base64(data: str, service: ChatService, where: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, f"{where}: the data is not valid base64; encode the file's bytes with base64", param=where) from None
+        raise ApiError(
+            400, f"{where}: the data is not valid base64; encode the file's bytes with base64", param=where
+        ) from None
 
 
 class ClipLoader:
@@ -217,12 +253,18 @@ class ClipLoader:
     def __call__(self, media: Media, frames: int | None) -> tuple[StoredClip, bool]:
         if media.kind == "input_audio":
             data = decode_base64(media.value, self.service, media.where)
-            return self.service.clip_from_bytes(data, "." + (media.audio_format or "wav"), frames, f"the input_audio at {media.where}")
+            return self.service.clip_from_bytes(
+                data, "." + (media.audio_format or "wav"), frames, f"the input_audio at {media.where}"
+            )
         url = media.value.strip()
         if url.startswith("data:"):
             head, sep, payload = url.partition(",")
             if not sep or not head.endswith(";base64"):
-                raise ApiError(400, f"{media.where}: a data: URL must be base64, like data:video/mp4;base64,AAAA...", param=media.where)
+                raise ApiError(
+                    400,
+                    f"{media.where}: a data: URL must be base64, like data:video/mp4;base64,AAAA...",
+                    param=media.where,
+                )
             mime = head[5:].split(";")[0].lower()
             data = decode_base64(payload, self.service, media.where)
             return self.service.clip_from_bytes(data, SUFFIXES.get(mime, ""), frames, f"the video_url at {media.where}")
@@ -232,34 +274,56 @@ class ClipLoader:
         if scheme == "file" or (scheme == "" and url):
             path = unquote(urlparse(url).path) if scheme == "file" else url
             if not self.allow_local_files:
-                raise ApiError(400, f"{media.where}: local file paths are turned off on this server; send the clip as a "
-                                    "data: URL (base64), or start the server with --allow-local-files", param=media.where)
+                raise ApiError(
+                    400,
+                    f"{media.where}: local file paths are turned off on this server; send the clip as a "
+                    "data: URL (base64), or start the server with --allow-local-files",
+                    param=media.where,
+                )
             if not Path(path).is_absolute():
                 raise ApiError(400, f"{media.where}: {path}: give an absolute path on the server", param=media.where)
             return self.service.clip_from_path(path, frames, name=path)
-        raise ApiError(400, f"{media.where}: unsupported URL scheme {scheme!r}; send a data: URL (base64) or an http(s) URL", param=media.where)
+        raise ApiError(
+            400,
+            f"{media.where}: unsupported URL scheme {scheme!r}; send a data: URL (base64) or an http(s) URL",
+            param=media.where,
+        )
 
     def fetch(self, url: str, where: str, frames: int | None) -> tuple[StoredClip, bool]:
         import httpx
 
         if not self.allow_remote_urls:
-            raise ApiError(400, f"{where}: fetching URLs is turned off on this server; send the clip as a data: URL (base64)", param=where)
+            raise ApiError(
+                400,
+                f"{where}: fetching URLs is turned off on this server; send the clip as a data: URL (base64)",
+                param=where,
+            )
         limit = self.service.limits.max_upload_mb * 2**20
         chunks, size = [], 0
         try:
             with httpx.stream("GET", url, timeout=FETCH_TIMEOUT, follow_redirects=True) as response:
                 if response.status_code != 200:
-                    raise ApiError(400, f"{where}: could not fetch {url}: the server answered HTTP {response.status_code}; "
-                                        "check the URL or send the clip as a data: URL (base64)", param=where)
+                    raise ApiError(
+                        400,
+                        f"{where}: could not fetch {url}: the server answered HTTP {response.status_code}; "
+                        "check the URL or send the clip as a data: URL (base64)",
+                        param=where,
+                    )
                 for chunk in response.iter_bytes():
                     size += len(chunk)
                     if size > limit:
-                        raise UploadTooLarge(f"{url}: the clip is over this server's limit of "
-                                             f"{self.service.limits.max_upload_mb:g} MiB; cut or re-encode it smaller")
+                        raise UploadTooLarge(
+                            f"{url}: the clip is over this server's limit of "
+                            f"{self.service.limits.max_upload_mb:g} MiB; cut or re-encode it smaller"
+                        )
                     chunks.append(chunk)
         except httpx.HTTPError as exc:
-            raise ApiError(400, f"{where}: could not fetch {url} ({type(exc).__name__}: {exc or 'no details'}); check the URL "
-                                "or send the clip as a data: URL (base64)", param=where) from None
+            raise ApiError(
+                400,
+                f"{where}: could not fetch {url} ({type(exc).__name__}: {exc or 'no details'}); check the URL "
+                "or send the clip as a data: URL (base64)",
+                param=where,
+            ) from None
         return self.service.clip_from_bytes(b"".join(chunks), Path(urlparse(url).path).suffix.lower(), frames, url)
 
 
@@ -282,8 +346,12 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
     @router.get("/models/{model_id:path}")
     async def get_model(model_id: str):
         if model_id not in served:
-            return error_response(404, f"model {model_id!r} is not served here; this server serves {service.model_id!r}",
-                                  param="model", code="model_not_found")
+            return error_response(
+                404,
+                f"model {model_id!r} is not served here; this server serves {service.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
         return model_card()
 
     @router.post("/chat/completions")
@@ -300,11 +368,19 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
     async def answer(request: Request):
         req = await parse_request(request, service)
         if req.model and req.model not in served:
-            raise ApiError(404, f"model {req.model!r} is not served here; this server serves {service.model_id!r} "
-                                "(GET /v1/models)", param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"model {req.model!r} is not served here; this server serves {service.model_id!r} (GET /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
         media, history, question = split_messages(req.messages)
-        settings = ChatSettings(max_new_tokens=req.max_completion_tokens or req.max_tokens or min(DEFAULT_MAX_TOKENS, service.limits.max_new_tokens),
-                                temperature=req.temperature if req.temperature is not None else 0.0)
+        settings = ChatSettings(
+            max_new_tokens=req.max_completion_tokens
+            or req.max_tokens
+            or min(DEFAULT_MAX_TOKENS, service.limits.max_new_tokens),
+            temperature=req.temperature if req.temperature is not None else 0.0,
+        )
         service.check_settings(settings)
         clip, reused = await anyio.to_thread.run_sync(loader, media, req.frames)
         prompt_tokens = service.prompt_tokens(clip, history, question)
@@ -312,26 +388,41 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
         report = ChatReport()
         pieces = service.stream(clip, question, history, settings, report, reused)
         if req.stream:
-            return StreamingResponse(events(pieces, meta, report, reused, prompt_tokens, settings),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                events(pieces, meta, report, reused, prompt_tokens, settings),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         try:
             await anyio.to_thread.run_sync(lambda: [None for _ in pieces])
         finally:
             pieces.close()
         completion = report.tokens.get("generated", 0)
         return {
-            **meta, "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": report.answer},
-                         "finish_reason": finish_reason(completion, settings), "logprobs": None}],
+            **meta,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": report.answer},
+                    "finish_reason": finish_reason(completion, settings),
+                    "logprobs": None,
+                }
+            ],
             "usage": usage(prompt_tokens, completion),
             "avllm": report_dict(report, reused),
         }
 
-    async def events(pieces, meta: dict, report: ChatReport, reused: bool, prompt_tokens: int,
-                     settings: ChatSettings) -> AsyncIterator[str]:
+    async def events(
+        pieces: Iterator[str], meta: dict, report: ChatReport, reused: bool, prompt_tokens: int, settings: ChatSettings
+    ) -> AsyncIterator[str]:
         def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
-            body = {**meta, "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+            body = {
+                **meta,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                **extra,
+            }
             return f"data: {json.dumps(body)}\n\n"
 
         try:
@@ -341,12 +432,21 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
                     continue
                 yield chunk({"content": piece})
             completion = report.tokens.get("generated", 0)
-            yield chunk({}, finish_reason(completion, settings), usage=usage(prompt_tokens, completion),
-                        avllm=report_dict(report, reused))
+            yield chunk(
+                {},
+                finish_reason(completion, settings),
+                usage=usage(prompt_tokens, completion),
+                avllm=report_dict(report, reused),
+            )
         except Exception as exc:  # after the headers went out, an error can only be an event
             log.exception("generation failed")
-            message = str(exc) if isinstance(exc, AVLLMError) else f"generation failed on the server ({type(exc).__name__}); see the server log"
-            yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+            message = (
+                str(exc)
+                if isinstance(exc, AVLLMError)
+                else f"generation failed on the server ({type(exc).__name__}); see the server log"
+            )
+            error = {"message": message, "type": "server_error", "param": None, "code": None}
+            yield f"data: {json.dumps({'error': error})}\n\n"
         finally:
             with anyio.CancelScope(shield=True):  # a client that went away: stop generating, free the slot
                 await anyio.to_thread.run_sync(pieces.close)
@@ -367,8 +467,12 @@ async def parse_request(request: Request, service: ChatService) -> ChatRequest:
     """The JSON body as a ChatRequest: 413 when far over the upload limit, 400 for bad JSON, 422 for the schema."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > service.limits.max_upload_mb * 2**20 * 4 / 3 + 2**20:
-        raise ApiError(413, f"the request is {int(length) / 2**20:.1f} MiB, over this server's clip limit of "
-                            f"{service.limits.max_upload_mb:g} MiB (base64 makes a clip a third larger)", code="clip_too_large")
+        raise ApiError(
+            413,
+            f"the request is {int(length) / 2**20:.1f} MiB, over this server's clip limit of "
+            f"{service.limits.max_upload_mb:g} MiB (base64 makes a clip a third larger)",
+            code="clip_too_large",
+        )
     raw = await request.body()
     return await anyio.to_thread.run_sync(parse_body, raw)  # a clip's base64 can be megabytes of JSON
 

@@ -76,9 +76,19 @@ def build_app(settings: ServeSettings, service=None, model=None):  # noqa: ANN00
     # Gradio refuses uploads over max_file_size with its own message; the limit here is looser so
     # a clip somewhat over the limit reaches ChatService and gets a sentence in the chat instead.
     app = gr.mount_gradio_app(
-        app, demo, path="/", server_name=settings.host, server_port=settings.port, footer_links=["api"], run_history=False,
-        allowed_paths=[examples] if examples else None, max_file_size=f"{int(4 * settings.max_upload_mb) + 1}mb",
-        ssr_mode=False, mcp_server=False, css=CSS, show_error=False,
+        app,
+        demo,
+        path="/",
+        server_name=settings.host,
+        server_port=settings.port,
+        footer_links=["api"],
+        run_history=False,
+        allowed_paths=[examples] if examples else None,
+        max_file_size=f"{int(4 * settings.max_upload_mb) + 1}mb",
+        ssr_mode=False,
+        mcp_server=False,
+        css=CSS,
+        show_error=False,
     )
     app.state.service = service
     return app
@@ -111,8 +121,14 @@ class BackgroundServer:
         self.settings = settings
         self.app = build_app(settings, service=service, model=model)
         self.service = self.app.state.service
-        config = uvicorn.Config(self.app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
-                                timeout_graceful_shutdown=2)  # open event streams would hold it up
+        config = uvicorn.Config(
+            self.app,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )  # open event streams would hold it up
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="avllm-server")
         self.url = f"http://{settings.host}:{settings.port}"

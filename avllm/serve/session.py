@@ -123,7 +123,9 @@ def _clean(text: str) -> str:
 
 def conversation(history: list[Message], question: str) -> tuple[list[Message], str]:
     """History and question with user text cleaned and <video> in the first user turn."""
-    turns = [{"role": m["role"], "content": _clean(m["content"]) if m["role"] == "user" else m["content"]} for m in history]
+    turns = [
+        {"role": m["role"], "content": _clean(m["content"]) if m["role"] == "user" else m["content"]} for m in history
+    ]
     first_user = next((i for i, m in enumerate(turns) if m["role"] == "user"), None)
     question = _clean(question)
     if first_user is None:
@@ -136,8 +138,14 @@ def conversation(history: list[Message], question: str) -> tuple[list[Message], 
 class ChatService:
     """One served model: cached clip encoding, limits, and bounded concurrent generation."""
 
-    def __init__(self, model: AVLLM, limits: Limits | None = None, concurrency: int = 2,
-                 cache_size: int = 16, model_id: str | None = None):
+    def __init__(
+        self,
+        model: AVLLM,
+        limits: Limits | None = None,
+        concurrency: int = 2,
+        cache_size: int = 16,
+        model_id: str | None = None,
+    ):
         self.model = model
         self.limits = limits or Limits()
         self.concurrency = max(1, concurrency)
@@ -149,8 +157,11 @@ class ChatService:
     def media_config(self, frames: int | None) -> MediaConfig:
         """The model's media settings with the server's limits (and a frame count, like encode_file)."""
         cfg = self.model.config.media
-        cfg = dataclasses.replace(cfg, max_duration=min(cfg.max_duration, self.limits.max_duration),
-                                  max_file_mb=min(cfg.max_file_mb, self.limits.max_upload_mb))
+        cfg = dataclasses.replace(
+            cfg,
+            max_duration=min(cfg.max_duration, self.limits.max_duration),
+            max_file_mb=min(cfg.max_file_mb, self.limits.max_upload_mb),
+        )
         if frames is not None:
             if not 1 <= frames <= MAX_FRAMES:
                 raise AVLLMError(f"frames={frames}: choose between 1 and {MAX_FRAMES}")
@@ -159,10 +170,14 @@ class ChatService:
     def check_size(self, nbytes: int, name: str) -> None:
         limit = self.limits.max_upload_mb
         if nbytes > limit * 2**20:
-            raise UploadTooLarge(f"{name}: the clip is {nbytes / 2**20:.1f} MiB, over this server's limit of "
-                                 f"{limit:g} MiB; cut or re-encode it smaller")
+            raise UploadTooLarge(
+                f"{name}: the clip is {nbytes / 2**20:.1f} MiB, over this server's limit of "
+                f"{limit:g} MiB; cut or re-encode it smaller"
+            )
 
-    def clip_from_path(self, path: str | os.PathLike, frames: int | None = None, name: str | None = None) -> tuple[StoredClip, bool]:
+    def clip_from_path(
+        self, path: str | os.PathLike, frames: int | None = None, name: str | None = None
+    ) -> tuple[StoredClip, bool]:
         """The encoded clip of a file (encoded now, or reused), and whether it was reused."""
         path = Path(path)
         name = name or path.name
@@ -176,7 +191,9 @@ class ChatService:
         key = digest.hexdigest()
         return self.store.get((key, frames), lambda: self._encode(path, key, name, frames))
 
-    def clip_from_bytes(self, data: bytes, suffix: str, frames: int | None = None, name: str = "the clip") -> tuple[StoredClip, bool]:
+    def clip_from_bytes(
+        self, data: bytes, suffix: str, frames: int | None = None, name: str = "the clip"
+    ) -> tuple[StoredClip, bool]:
         """Like clip_from_path for bytes (an API request): written to a temporary file only when new."""
         self.check_size(len(data), name)
         key = hashlib.sha256(data).hexdigest()
@@ -206,9 +223,15 @@ class ChatService:
         return StoredClip(key, name, enc, [_thumbnail(f) for f in clip.frames])
 
     # ---- answers --------------------------------------------------------------------------
-    def stream(self, clip: StoredClip, question: str, history: list[Message] | None = None,
-               settings: ChatSettings | None = None, report: ChatReport | None = None,
-               reused: bool = False) -> Iterator[str]:
+    def stream(
+        self,
+        clip: StoredClip,
+        question: str,
+        history: list[Message] | None = None,
+        settings: ChatSettings | None = None,
+        report: ChatReport | None = None,
+        reused: bool = False,
+    ) -> Iterator[str]:
         """Answer pieces, generated while holding one of the `concurrency` slots.
 
         `report.timings` gets `queue` (waiting for a slot) besides answer_stream's timings.

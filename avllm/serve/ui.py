@@ -72,16 +72,23 @@ def warnings_lines(warnings: list[str]) -> list[str]:
 def answer_facts(clip: StoredClip, report: ChatReport, reused: bool) -> str:
     t = report.timings
     encode = t.get("decode", 0) + t.get("encode_audio", 0) + t.get("encode_visual", 0)
-    parts = [("features reused from the upload" if reused else f"decode + encode {encode:.2f} s"),
-             f"waiting for a slot {t.get('queue', 0):.2f} s", f"first token {t.get('first_token', 0):.2f} s",
-             f"answer {t.get('generate', 0):.2f} s"]
+    parts = [
+        ("features reused from the upload" if reused else f"decode + encode {encode:.2f} s"),
+        f"waiting for a slot {t.get('queue', 0):.2f} s",
+        f"first token {t.get('first_token', 0):.2f} s",
+        f"answer {t.get('generate', 0):.2f} s",
+    ]
     return "\n".join(clip_facts(clip) + warnings_lines(report.warnings) + ["- **Timings:** " + " · ".join(parts)])
 
 
 def upload_facts(service: ChatService, clip: StoredClip, reused: bool) -> str:
     t = clip.enc.timings
-    how = ("features reused (this file was encoded before)" if reused else
-           f"decoded in {t.get('decode', 0):.2f} s, encoded in {t.get('encode_audio', 0) + t.get('encode_visual', 0):.2f} s")
+    how = (
+        "features reused (this file was encoded before)"
+        if reused
+        else f"decoded in {t.get('decode', 0):.2f} s, "
+        f"encoded in {t.get('encode_audio', 0) + t.get('encode_visual', 0):.2f} s"
+    )
     warnings = model_warnings(service.model) + (list(clip.enc.facts.warnings) if clip.enc.facts else [])
     return "\n".join(clip_facts(clip) + warnings_lines(warnings) + [f"- **Clip:** {how}; ask away"])
 
@@ -90,8 +97,10 @@ def plain_error(exc: BaseException) -> str:
     if isinstance(exc, AVLLMError):
         return f"Sorry, I can't use that: {exc}"
     log.error("unexpected error in the UI", exc_info=exc)
-    return (f"Sorry, something went wrong on the server while answering ({type(exc).__name__}). "
-            "The details are in the server log; try again or try another clip.")
+    return (
+        f"Sorry, something went wrong on the server while answering ({type(exc).__name__}). "
+        "The details are in the server log; try again or try another clip."
+    )
 
 
 def build_ui(service: ChatService, examples_dir: str | Path | None = None, concurrency: int | None = None) -> gr.Blocks:
@@ -110,8 +119,15 @@ def build_ui(service: ChatService, examples_dir: str | Path | None = None, concu
             return [{"role": "assistant", "content": plain_error(exc)}], [], "", []
         return [], frame_strip(clip), upload_facts(service, clip, reused), []
 
-    def respond(message: str, chat: list[dict] | None, path: str | None, frames: float, max_tokens: float,
-                temperature: float, turns: list[dict] | None):
+    def respond(
+        message: str,
+        chat: list[dict] | None,
+        path: str | None,
+        frames: float,
+        max_tokens: float,
+        temperature: float,
+        turns: list[dict] | None,
+    ):
         """Stream the answer into the chat; `turns` (per browser session) holds the clip's conversation."""
         chat = [{"role": m["role"], "content": m["content"]} for m in (chat or [])]
         turns = list(turns or [])
@@ -154,26 +170,57 @@ def build_ui(service: ChatService, examples_dir: str | Path | None = None, concu
             with gr.Column(scale=2, min_width=320):
                 clip_in = gr.File(label="Video or audio file", elem_id="clip", height=150)
                 rows = example_rows(examples_dir)
-                frames_out = gr.Gallery(label="Frames the model sees", elem_id="frames", columns=4, height="auto",
-                                        object_fit="contain", allow_preview=True, show_label=True)
+                frames_out = gr.Gallery(
+                    label="Frames the model sees",
+                    elem_id="frames",
+                    columns=4,
+                    height="auto",
+                    object_fit="contain",
+                    allow_preview=True,
+                    show_label=True,
+                )
                 facts_out = gr.Markdown(NO_FACTS, elem_id="facts")
                 with gr.Accordion("Settings", open=False):
-                    frames = gr.Slider(1, max(MAX_FRAMES // 2, media.num_frames), value=media.num_frames, step=1,
-                                       label="Frames", info="sampled uniformly over the clip")
-                    max_tokens = gr.Slider(8, min(1024, limits.max_new_tokens), value=min(128, limits.max_new_tokens),
-                                           step=8, label="Max tokens")
+                    frames = gr.Slider(
+                        1,
+                        max(MAX_FRAMES // 2, media.num_frames),
+                        value=media.num_frames,
+                        step=1,
+                        label="Frames",
+                        info="sampled uniformly over the clip",
+                    )
+                    max_tokens = gr.Slider(
+                        8,
+                        min(1024, limits.max_new_tokens),
+                        value=min(128, limits.max_new_tokens),
+                        step=8,
+                        label="Max tokens",
+                    )
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature", info="0 = greedy")
             with gr.Column(scale=3, min_width=400):
                 chatbot = gr.Chatbot(label="Chat", elem_id="chat", height=480, placeholder=NO_CLIP)
-                question = gr.Textbox(label="Question", placeholder="Ask about the clip and press Enter", show_label=False,
-                                      elem_id="question", submit_btn="Ask")
+                question = gr.Textbox(
+                    label="Question",
+                    placeholder="Ask about the clip and press Enter",
+                    show_label=False,
+                    elem_id="question",
+                    submit_btn="Ask",
+                )
                 clear = gr.Button("Clear chat", elem_id="clear", variant="secondary", size="sm")
         if rows:
-            gr.Examples(rows, inputs=[clip_in, question], label="Example clips (click one, then press Enter in the question box)")
+            gr.Examples(
+                rows,
+                inputs=[clip_in, question],
+                label="Example clips (click one, then press Enter in the question box)",
+            )
 
         clip_in.change(load_clip, [clip_in, frames], [chatbot, frames_out, facts_out, turns], api_name="load_clip")
-        question.submit(respond, [question, chatbot, clip_in, frames, max_tokens, temperature, turns],
-                        [chatbot, question, frames_out, facts_out, turns], api_name="ask")
+        question.submit(
+            respond,
+            [question, chatbot, clip_in, frames, max_tokens, temperature, turns],
+            [chatbot, question, frames_out, facts_out, turns],
+            api_name="ask",
+        )
         clear.click(lambda: ([], []), None, [chatbot, turns], api_name="clear", queue=False)
 
     demo.queue(default_concurrency_limit=concurrency or service.concurrency)

@@ -25,7 +25,7 @@ from ..config import LoraConfig, ModelConfig, TrainConfig, load_model_config, to
 from ..data.cache import FeatureCache
 from ..errors import ConfigError
 from ..llm import AUTO, native_bf16
-from ..model import CONFIG_FILE, AVLLM, default_device
+from ..model import AVLLM, CONFIG_FILE, default_device
 
 log = logging.getLogger(__name__)
 STATS_CLIPS = 256  # clips sampled to fit fresh projectors' input standardisation
@@ -78,7 +78,9 @@ def prepare_for_stage(model: AVLLM, cfg: TrainConfig) -> AVLLM:
         if model.config.quantization:
             from peft import prepare_model_for_kbit_training
 
-            model.llm = prepare_model_for_kbit_training(model.llm, use_gradient_checkpointing=cfg.gradient_checkpointing)
+            model.llm = prepare_model_for_kbit_training(
+                model.llm, use_gradient_checkpointing=cfg.gradient_checkpointing
+            )
         model.add_lora()
         if cfg.precision != "fp32":
             # peft casts each LoRA layer's input to the adapter's float32 and back; under autocast the
@@ -118,8 +120,14 @@ class TrainableAVLLM(nn.Module):
         super().__init__()
         self.avllm = avllm
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list,
-                labels: torch.Tensor | None = None, per_sequence: bool = False) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        media: list,
+        labels: torch.Tensor | None = None,
+        per_sequence: bool = False,
+    ) -> Any:
         """The loss (SFT), or with per_sequence each row's summed label log-probability and count (DPO)."""
         if per_sequence:
             return self.avllm.sequence_logps(input_ids, attention_mask, media, labels)
@@ -127,7 +135,8 @@ class TrainableAVLLM(nn.Module):
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **_: Any) -> None:
         self.avllm.llm.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs=activation_checkpointing_kwargs or {"use_reentrant": False})
+            gradient_checkpointing_kwargs=activation_checkpointing_kwargs or {"use_reentrant": False}
+        )
 
 
 class AVTrainer(Trainer):
@@ -204,8 +213,11 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
 def last_complete_checkpoint(folder: Path) -> str | None:
     """The newest checkpoint-N in folder whose trainer state reads back. Trainer writes that file
     last, so a run killed while saving leaves a folder without it (or with half of it): skipped."""
-    found = [(int(m.group(1)), path) for path in folder.glob("checkpoint-*")
-             if path.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", path.name))]
+    found = [
+        (int(m.group(1)), path)
+        for path in folder.glob("checkpoint-*")
+        if path.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", path.name))
+    ]
     for _, path in sorted(found, reverse=True):
         try:
             json.loads((path / TRAINER_STATE_NAME).read_text())

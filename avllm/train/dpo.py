@@ -28,14 +28,25 @@ from ..data import formats
 from ..data.dataset import PairCollator, PreferenceDataset
 from ..errors import ConfigError
 from ..model import AVLLM
-from .common import (AVTrainer, TrainableAVLLM, build_model, feature_cache, finish, fit_fresh_projectors, resume_point,
-                     resolve_precision, training_arguments)
+from .common import (
+    AVTrainer,
+    TrainableAVLLM,
+    build_model,
+    feature_cache,
+    finish,
+    fit_fresh_projectors,
+    resolve_precision,
+    resume_point,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference_logps.safetensors"
 
 
-def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float, kind: str = "sigmoid") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def dpo_loss(
+    policy: torch.Tensor, reference: torch.Tensor, beta: float, kind: str = "sigmoid"
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """policy, reference: [B, 2] log-probabilities of (chosen, rejected). Returns the loss and the
     logged figures: implicit rewards beta * (policy - reference) of each side, their margin, accuracy."""
     rewards = beta * (policy - reference)
@@ -46,20 +57,28 @@ def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float, kind: s
         loss = ((margin / beta - 1 / (2 * beta)) ** 2).mean()
     else:
         raise ConfigError(f"dpo_loss {kind!r}: use sigmoid or ipo")
-    stats = {"rewards/chosen": rewards[:, 0].mean(), "rewards/rejected": rewards[:, 1].mean(),
-             "rewards/margins": margin.mean(), "rewards/accuracies": (margin > 0).float().mean()}
+    stats = {
+        "rewards/chosen": rewards[:, 0].mean(),
+        "rewards/rejected": rewards[:, 1].mean(),
+        "rewards/margins": margin.mean(),
+        "rewards/accuracies": (margin > 0).float().mean(),
+    }
     return loss, stats
 
 
 def pair_logps(model: nn.Module, batch: dict[str, Any], kind: str) -> torch.Tensor:
     """[B, 2] (chosen, rejected) log-probabilities: summed for sigmoid DPO, per token for IPO."""
-    sums, counts = model(batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"], per_sequence=True)
+    sums, counts = model(
+        batch["input_ids"], batch["attention_mask"], batch["media"], labels=batch["labels"], per_sequence=True
+    )
     values = sums / counts.clamp(min=1) if kind == "ipo" else sums
     return values.view(2, -1).T
 
 
 @torch.no_grad()
-def reference_logps(model: AVLLM, dataset: PreferenceDataset, collator: PairCollator, batch_size: int, kind: str) -> torch.Tensor:
+def reference_logps(
+    model: AVLLM, dataset: PreferenceDataset, collator: PairCollator, batch_size: int, kind: str
+) -> torch.Tensor:
     """The starting policy's log-probabilities of every pair, in one pass."""
     wrapper = TrainableAVLLM(model).eval()
     out = []
@@ -81,7 +100,9 @@ class DPOTrainer(AVTrainer):
         self.beta, self.loss_kind = beta, loss_kind
         self.stats: dict[str, list[float]] = defaultdict(list)
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         policy = pair_logps(model, inputs, self.loss_kind)
         loss, stats = dpo_loss(policy, inputs["reference"].to(policy.device), self.beta, self.loss_kind)
         for key, value in stats.items():
@@ -117,8 +138,20 @@ def run_dpo(cfg: TrainConfig, resume: str | None = "auto") -> Path:
         if args.should_save:
             saved.parent.mkdir(parents=True, exist_ok=True)
             save_file({"logps": dataset.reference}, saved)
-    trainer = DPOTrainer(model=TrainableAVLLM(model), args=args, train_dataset=dataset, data_collator=collator,
-                         projector_lr=cfg.projector_lr, beta=cfg.beta, loss_kind=cfg.dpo_loss)
+    trainer = DPOTrainer(
+        model=TrainableAVLLM(model),
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        projector_lr=cfg.projector_lr,
+        beta=cfg.beta,
+        loss_kind=cfg.dpo_loss,
+    )
     result = trainer.train(resume_from_checkpoint=resume_point(cfg, resume))
-    metrics = {**result.metrics, "pairs": len(dataset), "records": len(records), "wall_seconds": time.perf_counter() - start}
+    metrics = {
+        **result.metrics,
+        "pairs": len(dataset),
+        "records": len(records),
+        "wall_seconds": time.perf_counter() - start,
+    }
     return finish(trainer, cfg, metrics)

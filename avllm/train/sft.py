@@ -8,8 +8,17 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..data import formats
 from ..data.dataset import Collator, InstructionDataset
-from .common import (AVTrainer, TrainableAVLLM, build_model, feature_cache, finish, fit_fresh_projectors, resume_point,
-                     resolve_precision, training_arguments)
+from .common import (
+    AVTrainer,
+    TrainableAVLLM,
+    build_model,
+    feature_cache,
+    finish,
+    fit_fresh_projectors,
+    resolve_precision,
+    resume_point,
+    training_arguments,
+)
 
 
 def run_sft(cfg: TrainConfig, resume: str | None = "auto") -> Path:
@@ -23,9 +32,19 @@ def run_sft(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     with args.main_process_first(desc="feature cache"):
         dataset = InstructionDataset(records, cache, model, cfg.max_length)
     fit_fresh_projectors(model, cfg, cache, [record.media for record, _ in dataset.examples])
-    trainer = AVTrainer(model=TrainableAVLLM(model), args=args, train_dataset=dataset,
-                        data_collator=Collator(model.tokenizer.pad_token_id), projector_lr=cfg.projector_lr)
+    trainer = AVTrainer(
+        model=TrainableAVLLM(model),
+        args=args,
+        train_dataset=dataset,
+        data_collator=Collator(model.tokenizer.pad_token_id),
+        projector_lr=cfg.projector_lr,
+    )
     result = trainer.train(resume_from_checkpoint=resume_point(cfg, resume))
-    metrics = {**result.metrics, "examples": len(dataset), "records": len(records), "cache": cache.stats,
-               "wall_seconds": time.perf_counter() - start}
+    metrics = {
+        **result.metrics,
+        "examples": len(dataset),
+        "records": len(records),
+        "cache": cache.stats,
+        "wall_seconds": time.perf_counter() - start,
+    }
     return finish(trainer, cfg, metrics)
