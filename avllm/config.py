@@ -200,7 +200,7 @@ class TrainConfig:
     max_length: int = 1024  # tokens; longer examples are dropped (and counted in the log)
     precision: str = "bf16"  # bf16, fp16 (CUDA only), fp32, or auto (bf16 where the device computes in it, else fp32)
     gradient_checkpointing: bool = False
-    attention: str = "sdpa"  # the LLM's attention kernel: sdpa, or eager (faster on the CPU, but see the README)
+    attention: str = "sdpa"  # the LLM's attention kernel: sdpa, or eager (faster CPU steps; see docs/training.md)
     compile: bool = (
         False  # torch.compile each decoder layer (one graph for all of them): faster steps after ~20 s of compiling
     )

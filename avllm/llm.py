@@ -26,7 +26,7 @@ AUTO = "auto"  # bfloat16 where the hardware computes in it, else float32
 
 def native_bf16(device: str) -> bool:
     """Whether `device` computes in bfloat16 at full speed. CPUs without AVX512-BF16 or AMX emulate
-    it: a bfloat16 matmul of the starter's size took 1.5 s against 16 ms in float32 on an AVX2 EPYC."""
+    it, far slower than float32 (docs/performance.md)."""
     if str(device).startswith("cuda"):
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

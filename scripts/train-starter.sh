@@ -32,8 +32,7 @@ stage align avllm train sft --config configs/train/starter-align.yaml
 # about a clip in one chat, so the clip's 68 tokens are paid once per seven answers; its three
 # sessions open with a yes/no probe, the description and a plain question) and the open
 # chats (a description in sentences, then follow-ups without options), which keep free-form
-# questions answered in sentences: trained on the sessions alone, the starter answered "What do
-# you hear?" about a real clip with "oops" four times.
+# questions answered in sentences rather than single words.
 python3 - <<'PY'
 import json
 sessions = open("runs/synth/train/sessions.jsonl").read().splitlines()
@@ -42,9 +41,8 @@ open("runs/synth/train/instruct-mix.jsonl", "w").write("\n".join(sessions + chat
 print(f"instruct-mix.jsonl: {len(sessions)} sessions and {len(chats)} open chats")
 PY
 stage instruct avllm train sft --config configs/train/starter-instruct.yaml
-# What ships: the SFT weights alone, in bfloat16 (about 9.7 MB). The DPO stage below is run but
-# not shipped: on the previous SFT it cut the hallucination rate on the probes (86.7% to 76.7%)
-# and cost 1.6 points of multiple choice; it has not been measured on this SFT.
+# What ships: the SFT weights alone, in bfloat16 (about 9.7 MB). The DPO stage below is run and
+# evaluated but not shipped (docs/experiments.md).
 rm -rf weights/starter
 stage export avllm export --model runs/starter-instruct --out weights/starter
 # DPO pairs, one epoch of the DPO stage (60 steps of 8; the reference pass covers every pair, so
@@ -66,7 +64,7 @@ PY
 stage dpo avllm train dpo --config configs/train/starter-dpo.yaml
 echo "== all training stages: $(( $(date +%s) - start )) s"
 # Held-out test clips (another seed: no clip is shared with training), then the figures
-# (the first 400 items of each file: 399 questions and 300 probes, 8 to 12 minutes a model).
+# (the first 400 items of each file: 399 questions and 300 probes).
 stage synth-test avllm synth --out runs/synth/test --n "$TEST_CLIPS" --seed 2
 for model in starter weights/starter runs/starter-dpo; do
   name=$(echo "$model" | tr / -)

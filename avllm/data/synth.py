@@ -19,9 +19,8 @@ sessions.jsonl, preferences.jsonl, qa.jsonl, probes.jsonl and synth.json (settin
 
 sessions.jsonl holds the multiple-choice records of instructions.jsonl regrouped for training:
 all of a clip's questions as one chat, in SESSION_ORDERS orders (see `sessions`). The
-clip's tokens are then paid for once per seven answers instead of once per answer: on the 2-core
-CPU, 150 LoRA steps on the multiple-choice records packed per clip (19 min) gave the starter 57%
-on 300 held-out questions, where 450 steps on the single records (26 min) gave 50% on 399.
+clip's tokens are then paid for once per seven answers instead of once per answer, so a CPU
+trains on far more answers in the same time.
 """
 
 from __future__ import annotations
@@ -260,11 +259,10 @@ def sessions(clip_id: str, records: list[dict[str, Any]], rng: np.random.Generat
 
     The eval asks each question alone, its text just before the clip, so every session puts a
     different kind of question first: a yes/no probe (the only yes/no question the instruct
-    stage sees; without one the starter said "yes" to 86.7% of the absent things it was asked
-    about), then the description, then a plain one. The description otherwise comes last: it
-    names the count, colour, shape and sound and would give them away (trained only there, the
-    starter answered it alone at 36/60: it had learnt to copy the earlier answers rather than
-    to look)."""
+    stage sees; without one the starter answers "yes" to most things that are absent), then the
+    description, then a plain one. The description otherwise comes last: it names the count,
+    colour, shape and sound and would give them away (trained only there, the model learns to
+    copy the earlier answers rather than to look, and cannot answer it asked alone)."""
     words = [r for r in records if r["style"] == "choice" and r["family"] != "describe"]
     described = [r for r in records if r["family"] == "describe"]
     probes = [r for r in records if r["style"] == "yes-no"]

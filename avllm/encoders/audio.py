@@ -130,7 +130,7 @@ class WhisperAudioEncoder(torch.nn.Module):
     batch_size: int = 8  # 30 s windows encoded at once
     # The dtype the mel input is fed in. Weights stay float32: whisper casts them to the input's
     # dtype and runs LayerNorm in float32 (a model cast wholly to half fails). None = float16 on
-    # CUDA, float32 elsewhere; bfloat16 is ~2.5x faster on CPUs with AMX.
+    # CUDA, float32 elsewhere; bfloat16 is faster on CPUs with AMX or AVX512-BF16.
     input_dtype: torch.dtype | None = None
     # Encode a window shorter than 30 s (a short clip, the tail of a long one) at its own length
     # instead of padded to 30 s, as whisper.cpp's audio_ctx does: a 4 s clip costs 0.014 s

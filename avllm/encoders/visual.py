@@ -78,7 +78,7 @@ class CLIPVisualEncoder(torch.nn.Module):
     ) -> CLIPVisualEncoder:
         """Build from an open_clip arch name or JSON config, and a tag, a checkpoint file or None.
 
-        `dtype` is the tower's compute dtype (bfloat16 is ~3x faster on CPUs with AMX).
+        `dtype` is the tower's compute dtype (bfloat16 is faster on CPUs with AMX or AVX512-BF16).
         """
         name, model_cfg = _model_config(arch)
         preprocess = open_clip.transform.merge_preprocess_dict(open_clip.transform.PreprocessCfg(), {})

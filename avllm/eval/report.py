@@ -25,7 +25,8 @@ MAX_NAMED = 20  # missing or unreadable media named in the report; the rest are 
 
 def _group(items: list[ItemResult]) -> dict[str, Any]:
     n, correct = len(items), sum(r.correct for r in items)
-    # the count, and the share to 6 places: rounded to 4 first, 313/399 (78.446%) printed as 78.5%
+    # the count, and the share to 6 places: rounding twice (to 4 places, then to 1 in print) can
+    # round a share the wrong way (0.78446 -> 0.7845, printed 78.5 rather than 78.4 percent)
     out: dict[str, Any] = {"n": n, "correct": correct, "accuracy": round(correct / n, 6) if n else None}
     open_items = [r for r in items if not r.choices]
     majority = Counter(normalize(r.answer) for r in open_items).most_common(1)

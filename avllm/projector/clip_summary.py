@@ -2,17 +2,12 @@
 
 The slot projectors see one frame (or its sound) at a time, so a fact that spans frames (which
 way the shapes move, which shape came first) reaches the LLM only if the LLM compares tokens
-across slots, which a small LLM learns slowly. A linear probe on the concatenated projector
-inputs of held-out clips reads motion at 99%, while SmolLM2-135M answered motion questions at
-chance after 450 LoRA steps. This module is such a read-out, trained through the LLM: each
+across slots, which a small LLM learns slowly, although a linear probe reads such facts from
+the concatenated projector inputs. This module is such a read-out, trained through the LLM: each
 slot token's standardised input is squeezed to `width` numbers, the clip's slots are resampled
 to a fixed count, and a two-layer MLP over all of it writes `tokens` LLM tokens (the idea of
-Video-LLaMA's and VideoLLaMA2's clip-level connectors, kept small).
-
-Measured on the starter (100 align steps, then 150 LoRA steps on the multiple-choice records
-packed per clip; 300 held-out questions): 63.3% with 4 summary tokens, 57.3% without. The gain
-is in the description, first/last and sync questions; motion stayed at chance, so the LLM does
-not yet read the direction from these tokens either.
+Video-LLaMA's and VideoLLaMA2's clip-level connectors, kept small). What it does and does not
+carry in the trained starter: docs/experiments.md.
 """
 
 from __future__ import annotations

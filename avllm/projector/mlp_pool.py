@@ -3,34 +3,25 @@
 
 Audio frames are averaged along time. Visual patch tokens are pooled on their 2-D grid, and
 each pooled token holds both the mean and the maximum of its region (side by side, twice the
-encoder's width): the mean alone washes out a small object. Linear probes on the starter's
-random-CLIP tokens of one frame pooled to 2x2 (585 synthetic training clips, 102 held-out):
-shape 0.72 with the mean, 0.87 with mean and max; number of shapes 0.89 and 0.93. Averaged
-over a clip's 8 frames, mean and max read shape at 0.99 and number at 1.00.
+encoder's width): the mean alone washes out a small object.
 
 A slot with nothing to show (no audio track, audio ended, no picture) gets a learned "absent"
 embedding, so the token count per slot never changes and the LLM is told plainly.
 
 The pooled features are standardised per dimension, then whitened (ZCA), with statistics
 fitted once on the training data (`fit_input_stats`, saved with the weights). Encoder features
-share a large common component across clips (pooled CLIP features of synthetic clips: mean
-cosine 0.98 between clips), which a per-token LayerNorm keeps. Trained on colour questions alone
-(batch 16, LLM frozen), the starter answered 100% of held-out ones after 40 steps with
-standardised inputs, 17% (chance) with the LayerNorm, which needed about 100 steps.
-
-Standardising is not enough for the subtler facts: the random-CLIP inputs of the synthetic
-clips keep 87% of their variance in 10 of 1,536 directions (colour, mostly), and gradient
-descent learns the small directions (shape, number) last. Whitening gives every direction unit
-variance. A linear read-out of one clip's slots trained with Adam (batch 8, 2e-3; the 423
-one-group training clips of seed 1, the 102 held-out ones of seed 2): shape 41% / 68% / 89%
-after 25 / 100 / 400 steps when standardised, 76% / 89% / 96% when whitened; number 38% / 73% /
-97% against 78% / 96% / 100%. End to end, the starter went from 61.9% to 67.9% held-out (README).
-The whitening matrix is folded into the layers that read it when a checkpoint is exported
-(`fold_input_whitening` in model.py), so it costs no shipped bytes.
+share a large common component across clips, which a per-token LayerNorm keeps and
+standardising removes. Standardising is not enough for the subtler facts: the random-CLIP
+features keep most of their variance in a few directions (colour, mostly), and gradient descent
+learns the small directions (shape, number) last; whitening gives every direction unit
+variance. The whitening matrix is folded into the layers that read it when a checkpoint is
+exported (`fold_input_whitening` in model.py), so it costs no shipped bytes.
 
 The output is RMS-normalised with a learned gain that starts at the scale of the LLM's own
-token embeddings: unnormalised, the media tokens grew to ~50x the norm of text tokens in
-training and swamped the residual stream (visual answers stayed at chance).
+token embeddings: unnormalised, the media tokens grow far beyond the norm of text tokens in
+training and swamp the residual stream.
+
+Measurements behind these choices: docs/experiments.md.
 """
 
 from __future__ import annotations

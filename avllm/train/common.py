@@ -46,9 +46,9 @@ def build_model(cfg: TrainConfig) -> AVLLM:
 
 def compile_layers(model: AVLLM) -> None:
     """Compile the LLM's decoder layers in place, each with the same code, so one graph (and one
-    for inputs without padding) serves them all; the state dict keeps its names. On 2 CPU cores it
-    fuses the norms, activations and LoRA additions: a median starter instruct step of 1.90 s
-    against 2.45 s (`bench/train_step.py --compile`), gradients as close to float32's as eager
+    for inputs without padding) serves them all; the state dict keeps its names. It fuses the
+    norms, activations and LoRA additions, for faster steps once compiled
+    (`bench/train_step.py --compile` times both); gradients stay as close to float32's as eager
     bfloat16's."""
     for layer in model.base_llm.get_decoder().layers:
         layer.compile(dynamic=True)
@@ -84,8 +84,8 @@ def prepare_for_stage(model: AVLLM, cfg: TrainConfig) -> AVLLM:
         model.add_lora()
         if cfg.precision != "fp32":
             # peft casts each LoRA layer's input to the adapter's float32 and back; under autocast the
-            # matmuls run in bf16/fp16 anyway, so the casts are pure copies (copies were 14% of a
-            # profiled starter step on the CPU; bench/train_step.py times both precisions)
+            # matmuls run in bf16/fp16 anyway, so the casts are pure copies (bench/train_step.py
+            # times both precisions)
             from peft.tuners.tuners_utils import BaseTunerLayer
 
             for module in model.llm.modules():
