@@ -387,7 +387,8 @@ class AVLLM(nn.Module):
                 streamer.end()
 
         worker = threading.Thread(target=run, daemon=True)
-        hook = self.llm.register_forward_hook(record_prefill)
+        # On the base LLM: peft's generate calls the base model's generate, which skips the wrapper's forward.
+        hook = self.base_llm.register_forward_hook(record_prefill)
         worker.start()
         try:
             yield from streamer

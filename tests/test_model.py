@@ -222,6 +222,13 @@ def test_save_and_load_round_trip_with_lora(parts, tmp_path):
     torch.testing.assert_close(logits(loaded, enc), logits(model, enc), rtol=0, atol=0)
 
 
+def test_stream_reports_prefill_with_a_lora_adapter(parts, tmp_path):
+    model = saved_with_lora(parts, tmp_path / "ckpt")
+    timings = {}
+    pieces = list(model.stream([{"role": "user", "content": with_video("what?")}], encoded(model), 4, timings=timings))
+    assert pieces and 0 < timings["prefill"]
+
+
 def test_export_stores_the_trained_weights_in_half_precision(parts, tmp_path):
     from safetensors.torch import load_file
 
