@@ -263,6 +263,15 @@ def test_hugging_face_hub_cache_offline(place, tmp_path, monkeypatch):
         run_import("trl-dpo", "hf:lab/absent", media / "x.jsonl", progress=False)
 
 
+def test_save_to_disk_folder(place):
+    import datasets
+
+    media = place("clips/beep.mp4")
+    datasets.Dataset.from_list(conversational_rows()).save_to_disk(str(media / "saved"))
+    rows, _ = imported("trl-dpo", media / "saved", media / "dpo.jsonl", media_dir=media)
+    assert [r["rejected"] for r in rows] == ["A dog barking.", "Yes, a man speaks."]
+
+
 def test_single_parquet_file(place):
     media = place("clips/beep.mp4")
     write_parquet(media / "pairs.parquet", conversational_rows())

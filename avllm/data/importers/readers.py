@@ -3,8 +3,8 @@
 An import of a million records then holds one record and one read buffer, never the file:
 JSON lists are decoded element by element (the standard library's `raw_decode` over a
 sliding 1 MiB buffer), JSON lines and CSV line by line, parquet batch by batch (pyarrow),
-and Hugging Face dataset folders through `datasets` in streaming mode (a `save_to_disk`
-folder is memory-mapped instead). `where` names the record for messages; a JSON lines row
+and Hugging Face dataset folders file by file, the files of a split found by `datasets` (a
+`save_to_disk` folder is memory-mapped instead). `where` names the record for messages; a JSON lines row
 that does not parse is yielded as a `Bad` so the import reports it with the others.
 """
 
@@ -37,8 +37,7 @@ def read_rows(src: str, split: str | None = None) -> tuple[Rows, Path]:
         raise DataError(f"{src}: no such file or folder; check the path (or name a cached dataset as hf:ORG/NAME)")
     if split is not None:
         raise DataError(f"--split {split}: {src} is a single file; --split picks a split of a Hugging Face dataset")
-    readers = {".csv": csv_rows, ".json": json_rows, ".jsonl": json_rows, ".parquet": parquet_rows}
-    reader = readers.get(path.suffix.lower())
+    reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(
             f"{src}: unknown file type {path.suffix!r}; give a .json, .jsonl, .csv or .parquet file, "
@@ -142,23 +141,32 @@ def hub_snapshot(repo: str) -> Path:
 
 
 def dataset_rows(folder: Path, split: str | None, label: str) -> Rows:
-    """A Hugging Face dataset folder: data files (parquet, JSON, CSV) streamed, or a save_to_disk folder."""
+    """A Hugging Face dataset folder: its split's data files, as `datasets` finds them, or a save_to_disk folder.
+
+    The data files are streamed by the readers above rather than by `datasets`' own iterable
+    dataset, which imports torch (about 900 MB resident) for a feature the import has no use for.
+    """
     import datasets
 
+    if (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
+        loaded = datasets.load_from_disk(str(folder))  # Arrow files, memory-mapped
+        splits = loaded if isinstance(loaded, dict) else {split or "train": loaded}
+        name = pick_split(list(splits), split, label)
+        for index, row in enumerate(splits[name]):
+            yield f"{label}[{name}][{index}]", row
+        return
     try:
-        if (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
-            loaded = datasets.load_from_disk(str(folder))
-        else:
-            loaded = datasets.load_dataset(str(folder), streaming=True)
+        files = datasets.load_dataset_builder(str(folder)).config.data_files or {}
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as exc:
         raise DataError(
             f"{label}: not a Hugging Face dataset folder ({exc}); pass a data file (.json, .jsonl, .csv, .parquet) "
             "or a folder of them"
         ) from exc
-    splits = loaded if isinstance(loaded, dict) else {split or "train": loaded}
-    name = pick_split(list(splits), split, label)
-    for index, row in enumerate(splits[name]):
-        yield f"{label}[{name}][{index}]", row
+    for path in map(Path, files[pick_split(list(files), split, label)]):
+        reader = READERS.get(path.suffix.lower())
+        if reader is None:
+            raise DataError(f"{path}: data files of type {path.suffix!r} are not read; convert them to parquet or JSON")
+        yield from reader(path)
 
 
 def pick_split(names: list[str], wanted: str | None, label: str) -> str:
@@ -171,3 +179,6 @@ def pick_split(names: list[str], wanted: str | None, label: str) -> str:
     if "train" in names:
         return "train"
     raise DataError(f"{label} has splits {', '.join(names)}; choose one with --split")
+
+
+READERS = {".csv": csv_rows, ".json": json_rows, ".jsonl": json_rows, ".parquet": parquet_rows}
