@@ -216,6 +216,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from .data.importers import run_import
+
+    summary = run_import(args.format, args.src, args.out, args.media_dir, args.to, args.split, args.allow_outside_media)
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avllm", description="Audio-visual chat assistant")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -295,6 +303,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of spoken clips using held-out words (test-only; reported apart)",
     )
     synth.set_defaults(func=cmd_synth)
+
+    from .data.importers import FORMATS
+
+    data = sub.add_parser("data", help="datasets: import public layouts (LLaVA, AudioCaps, MUSIC-AVQA, ...) as JSONL")
+    imp = data.add_subparsers(dest="data_command", required=True).add_parser(
+        "import", help="convert a public dataset to avllm instruction / preference / QA JSONL, streamed"
+    )
+    imp.add_argument("--format", required=True, choices=list(FORMATS), help="the dataset's published layout")
+    imp.add_argument("src", help="a .json/.jsonl/.csv/.parquet file, a Hugging Face dataset folder, or hf:ORG/NAME")
+    imp.add_argument("--out", required=True, help="JSONL to write; media paths are relative to its folder")
+    imp.add_argument("--media-dir", default=None, help="folder of the downloaded clips (default: SRC's folder)")
+    imp.add_argument(
+        "--to", choices=["qa", "instruction"], default=None, help="QA sets: QA JSONL (default) or instructions"
+    )
+    imp.add_argument("--split", default=None, help="split of a Hugging Face dataset (default: train, or its only one)")
+    imp.add_argument(
+        "--allow-outside-media", action="store_true", help="clips outside the output's folder: write absolute paths"
+    )
+    imp.set_defaults(func=cmd_data_import)
 
     evaluate = sub.add_parser("eval", help="zero-shot evaluation on QA files and benchmarks; JSON + Markdown report")
     evaluate.add_argument("--model", default=DEFAULT_MODEL, help="preset name, YAML file or checkpoint folder")

@@ -287,6 +287,22 @@ def _check_qa(c: _Checker, data: dict) -> None:
 CHECKS = {"instruction": _check_instruction, "preference": _check_preference, "qa": _check_qa}
 
 
+def check_record(
+    data: dict,
+    fmt: str,
+    path: str | os.PathLike,
+    line: int,
+    allow_outside_media: bool = False,
+    check_media: bool = True,
+) -> list[Problem]:
+    """One record's problems, as `validate` finds them (ids aside): for writers that stream records out."""
+    c = _Checker(Path(path), line)
+    missing: list[Problem] = []
+    _check_common(c, data, fmt, Path(os.path.abspath(Path(path).parent)), allow_outside_media, check_media, missing)
+    CHECKS[fmt](c, data)
+    return c.problems + missing
+
+
 def _build(fmt: str, data: dict, media: Path, line: int) -> Record:
     known = set(REQUIRED[fmt]) | ({"choices", "split"} if fmt == "qa" else set())
     extra = {k: v for k, v in data.items() if k not in known}

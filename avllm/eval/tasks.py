@@ -18,7 +18,6 @@ Benchmark media that are missing are counted and listed in the report, not fatal
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from dataclasses import dataclass, field
@@ -26,13 +25,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..data.formats import QARecord, load
+from ..data.importers.qa import SHORT_ANSWER, fill_template, music_avqa_kind
 from ..errors import DataError
 from ..prompt import Message, with_video
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
-# MUSIC-AVQA answers are single words from a fixed set; asking for one (the LLaVA / lmms-eval
-# convention) lets a normalised exact match score a free answer fairly.
-SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 
 
 @dataclass
@@ -124,7 +121,6 @@ class JsonlTask(Task):
 class MusicAVQATask(Task):
     prefix = "music-avqa"
     description = "MUSIC-AVQA annotations (avqa-test.json); --media-dir holds {video_id}.mp4"
-    KINDS = {"audio": "audio", "visual": "visual", "audio-visual": "audio-visual"}
 
     def load(self) -> TaskData:
         data = self.read_json()
@@ -137,12 +133,10 @@ class MusicAVQATask(Task):
                 continue
             try:
                 question = fill_template(rec["question_content"], rec.get("templ_values", "[]"))
-                kinds = _literal_list(rec["type"])
+                kind = music_avqa_kind(rec["type"])
             except ValueError as exc:
                 problems.append(f"{where}: {exc}")
                 continue
-            modality = self.KINDS.get(str(kinds[0]).strip().lower(), str(kinds[0]).lower()) if kinds else "unknown"
-            kind = modality + ("/" + "/".join(str(k).lower() for k in kinds[1:]) if len(kinds) > 1 else "")
             media = self.find_media(str(rec["video_id"]))
             if media is None:
                 missing.append(str(rec["video_id"]))
@@ -158,30 +152,6 @@ class MusicAVQATask(Task):
             )
         _raise(self.path, problems, "MUSIC-AVQA")
         return TaskData(self.name, items, sorted(set(missing)))
-
-
-def _literal_list(value: Any) -> list[Any]:
-    """MUSIC-AVQA stores lists as strings ('["Audio", "Counting"]'); accept real lists too."""
-    if isinstance(value, list):
-        return value
-    try:
-        parsed = ast.literal_eval(value) if isinstance(value, str) and value.strip() else []
-    except (ValueError, SyntaxError) as exc:
-        raise ValueError(f"{value!r} is not a list") from exc
-    if not isinstance(parsed, list):
-        raise ValueError(f"{value!r} is not a list")
-    return parsed
-
-
-def fill_template(question: str, values: Any) -> str:
-    """Fill `<Object>`, `<LR>`, ... slots in order from templ_values (extra values are ignored)."""
-    values = _literal_list(values)
-    slots = re.findall(r"<[^<>]+>", question)
-    if len(slots) > len(values):
-        raise ValueError(f"question {question!r} has {len(slots)} slot(s) but templ_values gives {len(values)}")
-    for slot, value in zip(slots, values):
-        question = question.replace(slot, str(value), 1)
-    return question
 
 
 class AVSDTask(Task):
