@@ -4,15 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
 from avllm.cli import main
 from avllm.data.synth import synthesize
 from avllm.errors import DataError, MediaError
-from avllm.eval import AVLLMScorer, build_report, evaluate, make_task, markdown, run_eval, write_report
-from avllm.eval.scoring import ItemResult, TaskResult, _messages, exact_match, match_choice, normalize
+from avllm.eval import build_report, evaluate, make_task, markdown, run_eval, write_report
+from avllm.eval.matching import ItemResult, TaskResult, _messages, exact_match, match_choice, normalize
 from avllm.eval.tasks import EvalItem, TaskData, fill_template
 
 
@@ -342,28 +341,6 @@ def tiny(tmp_path_factory):
     path.write_text(yaml.safe_dump(config))
     synthesize(folder / "set", 2, seed=11, workers=1, progress=False)
     return path, folder / "set"
-
-
-def test_batched_option_scores_equal_one_sequence_at_a_time(tiny):
-    from avllm.model import AVLLM
-
-    path, data = tiny
-    model = AVLLM.load(str(path), device="cpu")
-    task = make_task(f"jsonl:{data / 'qa.jsonl'}").load()
-    scorer = AVLLMScorer(model, batch_size=3)
-    group = [i for i in task.items if i.media == task.items[0].media]
-    enc = scorer.encode(group[0].media)
-    requests = [(_messages(i), i.choices, False) for i in group] + [(_messages(group[0]), ["Yes", "No"], True)]
-    staged = scorer.choice_scores(enc, requests)
-    for (messages, options, first), scores in zip(requests, staged):
-        for option, score in zip(options, scores):
-            ids, n = scorer._sequence(enc, messages, option, first)
-            with torch.inference_mode():
-                logits = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), [enc]).logits[0]
-            logprobs = torch.log_softmax(logits.float(), -1)
-            expected = float(sum(logprobs[p - 1, ids[p]] for p in range(len(ids) - n, len(ids))) / n)
-            assert score == pytest.approx(expected, abs=1e-4)
-    assert [len(s) for s in staged] == [len(r[1]) for r in requests]
 
 
 def test_cli_eval_runs_end_to_end_on_a_tiny_model(tiny, tmp_path, capsys):

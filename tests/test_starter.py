@@ -70,8 +70,9 @@ def test_shipped_weights_name_the_colour_and_the_sound_of_clips_never_trained_on
     it names the colour of the shapes and what is heard (15 of 15 here; the untrained preset 6)."""
     from avllm.config import REPO_ROOT
     from avllm.data.synth import synthesize
-    from avllm.eval import AVLLMScorer, evaluate, make_task
+    from avllm.eval import evaluate, make_task
     from avllm.model import AVLLM
+    from avllm.scoring import AVLLMScorer
 
     synthesize(tmp_path, 8, seed=11, workers=1, progress=False)
     questions = [

@@ -1,4 +1,5 @@
-"""Zero-shot evaluation: benchmark adapters (tasks), scoring (scoring) and reports (report).
+"""Zero-shot evaluation: benchmark adapters (tasks), asking and answer matching (matching) and reports
+(report); the model's option scores come from avllm/scoring.py.
 
 `run_eval` is what `avllm eval` calls: every task is loaded and validated before the model
 is, so a bad annotation file fails in a second, not after minutes of loading.
@@ -10,14 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..model import AVLLM
+from ..scoring import AVLLMScorer
+from .matching import MODES, AnswerModel, TaskResult, evaluate
 from .report import build_report, markdown, write_report
-from .scoring import MODES, AnswerModel, AVLLMScorer, TaskResult, evaluate
 from .tasks import TASKS, EvalItem, Task, TaskData, make_task
 
 __all__ = [
     "MODES",
     "TASKS",
-    "AVLLMScorer",
     "AnswerModel",
     "EvalItem",
     "Task",
@@ -50,8 +52,6 @@ def run_eval(
     start = time.perf_counter()
     loaded = [make_task(spec, media_dir, allow_outside).load() for spec in tasks]
     if isinstance(model, str):
-        from ..model import AVLLM
-
         scorer: AnswerModel = AVLLMScorer(AVLLM.load(model, device=device), batch_size=batch_size, name=model)
     else:
         scorer = model

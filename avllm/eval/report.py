@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .scoring import ItemResult, TaskResult, normalize
+from .matching import ItemResult, TaskResult, normalize
 
 MAX_NAMED = 20  # missing or unreadable media named in the report; the rest are counted
 

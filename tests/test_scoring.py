@@ -1,0 +1,89 @@
+"""Option scoring under an AVLLM: the key/value-cache passes and the left-padded batches give the
+scores of each sequence run alone."""
+
+import pytest
+import torch
+from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
+
+from avllm.config import LoraConfig, MediaConfig, ModelConfig
+from avllm.data.formats import qa_messages
+from avllm.model import AVLLM
+from avllm.scoring import AVLLMScorer
+
+COLOURS = ["red", "green", "blue", "a bright yellow"]
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    """A tiny model with a LoRA adapter that changes its answers, so the adapter must be on every path."""
+    folder = tmp_path_factory.mktemp("tiny-scoring")
+    config = ModelConfig(
+        name="tiny",
+        audio_encoder=str(tiny_whisper_checkpoint(folder)),
+        visual_encoder=str(tiny_clip_config(folder)),
+        llm=str(tiny_llm_folder(folder)),
+        visual_tokens_per_slot=4,
+        audio_tokens_per_slot=2,
+        media=MediaConfig(num_frames=3),
+        lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+    )
+    model = AVLLM.from_config(config, device="cpu")
+    model.add_lora()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.llm.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    model.eval()
+    return AVLLMScorer(model, batch_size=3)
+
+
+def alone(scorer, enc, messages, option, first_word) -> float:
+    """The mean log-probability of the scored tokens, from one forward pass over the whole sequence."""
+    ids, n = scorer.sequence(enc, messages, option, first_word)
+    with torch.inference_mode():
+        logits = scorer.model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), [enc]).logits[0]
+    logprobs = torch.log_softmax(logits.float(), -1)
+    return float(sum(logprobs[p - 1, ids[p]] for p in range(len(ids) - n, len(ids))) / n)
+
+
+def requests(layout: str) -> list:
+    if layout == "one question":  # every option after the same question and clip
+        return [(qa_messages("What colour are the shapes?", COLOURS), COLOURS, False)]
+    if layout == "clip first":  # the clip, then each question (the user placed <video> first)
+        asked = ["What colour?", "Which colour is it?", "Name the colour.", "Colour?"]
+        return [([{"role": "user", "content": f"<video>\n{q}"}], COLOURS, False) for q in asked] + [
+            ([{"role": "user", "content": "<video>\nIs anyone speaking?"}], ["Yes", "No"], True)
+        ]
+    return [  # the usual prompt: each question, then the clip
+        (qa_messages("What colour are the shapes?", COLOURS), COLOURS, False),
+        (qa_messages("Which word is spoken?", ["apple", "tiger"]), ["apple", "tiger"], False),
+        (qa_messages("Is anyone speaking?", ["yes", "no"]), ["Yes", "No"], True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("layout", "staged"), [("one question", True), ("clip first", True), ("clip after each question", False)]
+)
+def test_option_scores_equal_each_sequence_scored_alone(scorer, av_clip, monkeypatch, layout, staged):
+    enc = scorer.encode(av_clip)
+    used = []
+    for path in ("_staged_scores", "_whole_scores"):
+        method = getattr(scorer, path)
+        monkeypatch.setattr(scorer, path, lambda *a, m=method, p=path: used.append(p) or m(*a))
+    asked = requests(layout)
+    scores = scorer.choice_scores(enc, asked)
+    assert set(used) == {"_staged_scores" if staged else "_whole_scores"}
+    assert [len(s) for s in scores] == [len(options) for _, options, _ in asked]
+    for (messages, options, first), got in zip(asked, scores):
+        expected = [alone(scorer, enc, messages, option, first) for option in options]
+        assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_first_word_scores_the_option_alone_not_the_end_of_turn(scorer, av_clip):
+    enc = scorer.encode(av_clip)
+    messages = qa_messages("Is anyone speaking?", ["yes", "no"])
+    whole_ids, whole_n = scorer.sequence(enc, messages, "Yes", False)
+    first_ids, first_n = scorer.sequence(enc, messages, "Yes", True)
+    assert first_n == len(scorer.model.tokenizer.encode("Yes", add_special_tokens=False)) < whole_n
+    assert first_ids == whole_ids[: len(first_ids)]
