@@ -148,7 +148,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_train_config
 
-    cfg = load_train_config(args.config, parse_overrides(args.set))  # a bad setting fails here, in milliseconds
+    cfg = load_train_config(args.config, parse_overrides(args.set))  # a bad setting fails here, before torch loads
     if (cfg.stage == "dpo") != (args.kind == "dpo"):
         fits = "avllm train dpo" if cfg.stage == "dpo" else "avllm train sft"
         raise ConfigError(f"{args.config}: stage {cfg.stage!r} is not a {args.kind} stage; run it with {fits}")

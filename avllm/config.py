@@ -71,7 +71,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             setattr(self, f.name, _check(hints[f.name], getattr(self, f.name), f.name))
         for name, ok, rule in self.limits():
             if not ok:
@@ -241,7 +241,7 @@ def build(cls: type[T], data: dict[str, Any]) -> T:
     for name, (fixed, why) in getattr(cls, "RETIRED", {}).items():
         if name in data and data.pop(name) != fixed:
             raise FieldError(name, f"only {json.dumps(fixed)} is accepted: {why}")
-    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    known = [f.name for f in fields(cls)]
     for name in data:
         if name not in known:
             near = difflib.get_close_matches(str(name), known, n=1)
