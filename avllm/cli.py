@@ -146,15 +146,16 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    quiet_libraries()
     from .config import load_train_config
 
-    cfg = load_train_config(args.config, parse_overrides(args.set))
+    cfg = load_train_config(args.config, parse_overrides(args.set))  # a bad setting fails here, before torch loads
+    if (cfg.stage == "dpo") != (args.kind == "dpo"):
+        fits = "avllm train dpo" if cfg.stage == "dpo" else "avllm train sft"
+        raise ConfigError(f"{args.config}: stage {cfg.stage!r} is not a {args.kind} stage; run it with {fits}")
+    quiet_libraries()
     if args.kind == "sft":
         from .train.sft import run_sft
 
-        if cfg.stage not in ("align", "instruct"):
-            raise ConfigError(f"{args.config}: stage {cfg.stage!r} is not an SFT stage (align or instruct)")
         out = run_sft(cfg, args.resume)
     else:
         from .train.dpo import run_dpo
@@ -169,7 +170,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .data.cache import FeatureCache, dataset_media
     from .model import AVLLM
 
-    media = dataset_media(args.data, allow_outside=args.allow_outside_media)
+    media = dataset_media(args.data, allow_outside_media=args.allow_outside_media)
     cache = FeatureCache(AVLLM.load(args.model), args.cache)
     stats = cache.build(media)
     print(
@@ -203,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         mode=args.mode,
         media_dir=args.media_dir,
-        allow_outside=args.allow_outside_media,
+        allow_outside_media=args.allow_outside_media,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         out=args.out,

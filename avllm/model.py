@@ -29,8 +29,8 @@ from .config import ModelConfig, load_model_config, to_dict
 from .errors import ConfigError, SpliceError
 from .llm import DTYPES, LoadedLLM, load_llm, resolve_dtype
 from .media import Clip, MediaFacts, sample_times
-from .projector import build_projector
 from .projector.clip_summary import ClipSummary
+from .projector.mlp_pool import MLPPoolProjector
 from .prompt import IGNORE_INDEX, ChatTokens, Message, add_video_token, encode_chat, expand_placeholders
 
 CONFIG_FILE = "avllm_config.json"
@@ -77,12 +77,10 @@ class AVLLM(nn.Module):
         hidden, scale = table.shape[1], float(rows.float().pow(2).mean().sqrt())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # an untrained model answers the same way every run
-            self.visual_proj = build_projector(
-                config.projector, visual_encoder.dim, hidden, config.visual_tokens_per_slot, visual_encoder.grid, scale
+            self.visual_proj = MLPPoolProjector(
+                visual_encoder.dim, hidden, config.visual_tokens_per_slot, visual_encoder.grid, scale
             )
-            self.audio_proj = build_projector(
-                config.projector, audio_encoder.dim, hidden, config.audio_tokens_per_slot, out_scale=scale
-            )
+            self.audio_proj = MLPPoolProjector(audio_encoder.dim, hidden, config.audio_tokens_per_slot, out_scale=scale)
             self.summary = (
                 ClipSummary(
                     (self.visual_proj.input_dim, self.audio_proj.input_dim),
@@ -111,10 +109,8 @@ class AVLLM(nn.Module):
 
         device = device or default_device()
         encoder_dtype = DTYPES[resolve_dtype(config.encoder_dtype, device, "encoder_dtype")]
-        audio = WhisperAudioEncoder.from_spec(config.audio_encoder, device=device)
-        audio.input_dtype = encoder_dtype
-        audio.trim_windows = config.trim_audio_windows
-        visual = CLIPVisualEncoder.from_spec(config.visual_encoder, config.visual_pretrained, device, encoder_dtype)
+        audio = WhisperAudioEncoder.from_spec(config.audio_encoder, device, encoder_dtype)
+        visual = CLIPVisualEncoder.from_spec(config.visual_encoder, device, encoder_dtype, config.visual_pretrained)
         llm = load_llm(config.llm, config.quantization, config.dtype, device)
         return cls(config, audio, visual, llm)
 

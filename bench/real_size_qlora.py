@@ -141,9 +141,13 @@ def random_encoders(config: ModelConfig, tiny: bool, device: str) -> tuple[Whisp
         state = AudioEncoder(
             dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer
         ).state_dict()
-        audio = WhisperAudioEncoder(dims, state, f"Whisper {'tiny' if tiny else 'large-v3'} encoder, random weights")
-    audio.input_dtype = DTYPES[config.encoder_dtype]
-    visual = CLIPVisualEncoder.from_spec(config.visual_encoder, None, device, DTYPES[config.encoder_dtype])
+        audio = WhisperAudioEncoder(
+            dims,
+            state,
+            f"Whisper {'tiny' if tiny else 'large-v3'} encoder, random weights",
+            dtype=DTYPES[config.encoder_dtype],
+        )
+    visual = CLIPVisualEncoder.from_spec(config.visual_encoder, device, DTYPES[config.encoder_dtype])
     return audio, visual
 
 

@@ -141,7 +141,7 @@ def test_media_outside_the_folder_needs_the_flag(folder, tmp_path):
     path = write(folder / "qa.jsonl", rows)
     with pytest.raises(DataError, match="leaves the dataset folder"):
         formats.load(path, "qa")
-    assert [r.media for r in formats.load(path, "qa", allow_outside=True)] == [tmp_path / "outside.mp4"] * 2
+    assert [r.media for r in formats.load(path, "qa", allow_outside_media=True)] == [tmp_path / "outside.mp4"] * 2
     write(folder / "sneaky.jsonl", [{**rows[0], "media": "clips/../../outside.mp4"}])
     with pytest.raises(DataError, match="leaves the dataset folder"):
         formats.load(folder / "sneaky.jsonl", "qa")

@@ -53,8 +53,7 @@ def tiny_clip_model(cfg: Path, seed: int) -> torch.nn.Module:
 
 @pytest.mark.parametrize("t", [0, 1, 3, 9])
 def test_shapes(tiny_cfg, t):
-    enc = CLIPVisualEncoder.from_spec(str(tiny_cfg))
-    enc.batch_size = 4
+    enc = CLIPVisualEncoder.from_spec(str(tiny_cfg), batch_size=4)
     assert (enc.dim, enc.grid, enc.num_patches, enc.image_size) == (32, (4, 4), 16, (32, 32))
     out = enc(frames(t))
     assert out.shape == (t, 16, 32) and out.dtype == torch.float32
@@ -74,9 +73,9 @@ def test_any_frame_size_and_tensor_input(tiny_cfg):
 
 
 def test_batching_equals_one_by_one(tiny_cfg):
-    enc = CLIPVisualEncoder.from_spec(str(tiny_cfg))
+    enc = CLIPVisualEncoder.from_spec(str(tiny_cfg), batch_size=3)
     x = frames(7)
-    enc.batch_size = 3
+    assert enc.batch_size == 3
     batched = enc(x)
     single = torch.cat([enc(x[i : i + 1]) for i in range(len(x))])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
@@ -232,7 +231,9 @@ def test_load_failures_raise_model_load_error_quickly(tiny_cfg, tmp_path, arch, 
     fill = {"cfg": tiny_cfg, "cfg_dir": tmp_path, "tiny_weights": tiny_weights}
     start = time.perf_counter()
     with pytest.raises(ModelLoadError, match=match) as info:
-        CLIPVisualEncoder.from_spec(arch.format(**fill), None if pretrained is None else pretrained.format(**fill))
+        CLIPVisualEncoder.from_spec(
+            arch.format(**fill), pretrained=None if pretrained is None else pretrained.format(**fill)
+        )
     assert time.perf_counter() - start < 5
     assert "random" not in str(info.value).lower()
 

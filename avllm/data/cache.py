@@ -60,8 +60,6 @@ class FeatureCache:
             "encoder_dtype": str(model.visual_encoder.dtype).removeprefix("torch."),  # what "auto" became
             "format": FORMAT,
         }
-        if model.config.trim_audio_windows:  # only when on: caches written before the option keep their key
-            settings["trim_audio_windows"] = True
         self.settings_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.root = Path(root) if root else cache_dir() / "features"
         self.folder = self.root / self.settings_key
@@ -148,11 +146,11 @@ class FeatureCache:
             return None
 
 
-def dataset_media(path: str | os.PathLike, allow_outside: bool = False) -> list[Path]:
+def dataset_media(path: str | os.PathLike, allow_outside_media: bool = False) -> list[Path]:
     """The media files of an instruction, preference or QA JSONL (validated whole first)."""
     from . import formats
 
     with open(path, encoding="utf-8") as fh:
         first = json.loads(next((line for line in fh if line.strip()), "{}"))
     fmt = "instruction" if "conversations" in first else "preference" if "chosen" in first else "qa"
-    return [record.media for record in formats.load(path, fmt, allow_outside=allow_outside)]
+    return [record.media for record in formats.load(path, fmt, allow_outside_media=allow_outside_media)]

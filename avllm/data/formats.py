@@ -150,17 +150,17 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[tuple[int, Any]], list[Pro
     return rows, problems
 
 
-def media_problem(root: Path, media: Any, allow_outside: bool) -> tuple[Path | None, str | None]:
+def media_problem(root: Path, media: Any, allow_outside_media: bool) -> tuple[Path | None, str | None]:
     """Resolve a record's media path; a message when it is not a usable relative path."""
     if not isinstance(media, str) or not media.strip():
         return None, "must be a non-empty string: the media file's path relative to this JSONL file"
     candidate = Path(media)
     full = candidate if candidate.is_absolute() else root / candidate
     inside = os.path.normpath(full).startswith(os.path.normpath(root) + os.sep)
-    if not inside and not allow_outside:
+    if not inside and not allow_outside_media:
         return None, (
             f"{media!r} leaves the dataset folder {root}; move the file into that folder and give a "
-            "relative path, or allow outside media (--allow-outside-media)"
+            "relative path, or allow outside media (--allow-outside-media; in a recipe, allow_outside_media: true)"
         )
     return Path(os.path.normpath(full)), None
 
@@ -227,7 +227,7 @@ class _Checker:
 
 
 def _check_common(
-    c: _Checker, data: dict, fmt: str, root: Path, allow_outside: bool, check_media: bool, missing: list[Problem]
+    c: _Checker, data: dict, fmt: str, root: Path, allow_outside_media: bool, check_media: bool, missing: list[Problem]
 ) -> Path | None:
     for key in REQUIRED[fmt]:
         if key not in data:
@@ -236,7 +236,7 @@ def _check_common(
         c.add("id", "must be a non-empty string (or integer)")
     if "media" not in data:
         return None
-    media, message = media_problem(root, data["media"], allow_outside)
+    media, message = media_problem(root, data["media"], allow_outside_media)
     if message:
         c.add("media", message)
         return None
@@ -317,7 +317,7 @@ def _build(fmt: str, data: dict, media: Path, line: int) -> Record:
 
 
 def validate(
-    path: str | os.PathLike, fmt: str, check_media: bool = True, allow_outside: bool = False
+    path: str | os.PathLike, fmt: str, check_media: bool = True, allow_outside_media: bool = False
 ) -> tuple[list[Record], list[Problem]]:
     """All records that passed and every problem found (bad fields, duplicate ids, missing media)."""
     if fmt not in FORMATS:
@@ -334,7 +334,7 @@ def validate(
             c.add("(line)", f"must be a JSON object, got {type(data).__name__}")
             problems += c.problems
             continue
-        media = _check_common(c, data, fmt, root, allow_outside, check_media, missing)
+        media = _check_common(c, data, fmt, root, allow_outside_media, check_media, missing)
         CHECKS[fmt](c, data)
         rid = str(data.get("id"))
         if "id" in data and rid in seen:
@@ -348,9 +348,11 @@ def validate(
     return records, problems + missing
 
 
-def load(path: str | os.PathLike, fmt: str, check_media: bool = True, allow_outside: bool = False) -> list[Record]:
+def load(
+    path: str | os.PathLike, fmt: str, check_media: bool = True, allow_outside_media: bool = False
+) -> list[Record]:
     """Validated records of a JSONL file; raises one DataError listing every problem."""
-    records, problems = validate(path, fmt, check_media, allow_outside)
+    records, problems = validate(path, fmt, check_media, allow_outside_media)
     if problems:
         raise DataError(describe_problems(path, fmt, problems))
     return records

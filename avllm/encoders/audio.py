@@ -9,7 +9,6 @@ shipped inside an installed package, as the offline starter preset does).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -18,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import whisper
-from whisper.audio import N_FRAMES, N_SAMPLES, N_SAMPLES_PER_TOKEN
+from whisper.audio import N_SAMPLES, N_SAMPLES_PER_TOKEN
 from whisper.model import AudioEncoder, ModelDimensions
 
+from ..config import package_folder
 from ..errors import ModelLoadError
 from .ct2_whisper import cached_checkpoint
 
@@ -67,19 +66,12 @@ def _load_safetensors(path: Path) -> tuple[ModelDimensions, dict[str, torch.Tens
     return dims, state
 
 
-def _package_folder(name: str) -> Path:
-    """The folder holding model.bin inside installed package NAME (dashes read as underscores)."""
-    module = name.replace("-", "_")
-    try:
-        spec = importlib.util.find_spec(module)  # not imported: some such packages fail on import
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        raise ModelLoadError(f"pkg:{name}: package {module} is not installed; pip install {name}")
-    roots = list(spec.submodule_search_locations or []) or [str(Path(spec.origin).parent)]
-    found = sorted(p.parent for root in roots for p in Path(root).rglob("model.bin"))
+def _package_model(name: str) -> Path:
+    """The folder holding model.bin inside installed package NAME."""
+    root = package_folder(name)
+    found = sorted(p.parent for p in root.rglob("model.bin"))
     if not found:
-        raise ModelLoadError(f"pkg:{name}: no CTranslate2 model.bin inside {roots[0]}")
+        raise ModelLoadError(f"pkg:{name}: no CTranslate2 model.bin inside {root}")
     return found[0]
 
 
@@ -102,7 +94,7 @@ def _load_name(name: str) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
 def resolve(spec: str) -> tuple[ModelDimensions, dict[str, torch.Tensor], str]:
     """A spec -> (dims, state dict with at least the encoder.* keys, where it came from)."""
     if spec.startswith("pkg:"):
-        folder = _package_folder(spec[4:])
+        folder = _package_model(spec[4:])
         dims, state = _load_safetensors(cached_checkpoint(folder))
         return dims, state, f"CTranslate2 folder {folder} from {spec}, converted"
     path = Path(spec).expanduser()
@@ -124,26 +116,31 @@ def resolve(spec: str) -> tuple[ModelDimensions, dict[str, torch.Tensor], str]:
 
 
 class WhisperAudioEncoder(torch.nn.Module):
-    """Whisper's encoder, frozen; any length of audio in, 50 features per second out."""
+    """Whisper's encoder, frozen; any length of audio in, 50 features per second out.
+
+    `dtype` is the compute dtype, the one the mel input is fed in. The weights stay float32:
+    whisper casts them to the input's dtype and runs LayerNorm in float32 (a model cast wholly
+    to half fails). float16 suits CUDA; bfloat16 is faster on CPUs with AMX or AVX512-BF16.
+    """
 
     frame_rate = 50  # features per second: 1500 per 30 s window
-    batch_size: int = 8  # 30 s windows encoded at once
-    # The dtype the mel input is fed in. Weights stay float32: whisper casts them to the input's
-    # dtype and runs LayerNorm in float32 (a model cast wholly to half fails). None = float16 on
-    # CUDA, float32 elsewhere; bfloat16 is faster on CPUs with AMX or AVX512-BF16.
-    input_dtype: torch.dtype | None = None
-    # Encode a window shorter than 30 s (a short clip, the tail of a long one) at its own length
-    # instead of padded to 30 s, as whisper.cpp's audio_ctx does: a 4 s clip costs 0.014 s
-    # instead of 0.17 s (tiny.en, bf16, 2 CPU cores), and its features differ (mean cosine 0.89
-    # to the padded window's), so weights trained one way should be used the same way.
-    trim_windows: bool = False
 
-    def __init__(self, dims: ModelDimensions, state: dict[str, torch.Tensor], description: str = "Whisper encoder"):
+    def __init__(
+        self,
+        dims: ModelDimensions,
+        state: dict[str, torch.Tensor],
+        description: str = "Whisper encoder",
+        *,
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 8,
+    ):
         super().__init__()
         self.dims = dims
         self.dim = dims.n_audio_state
         self.n_mels = dims.n_mels
         self.description = description
+        self.dtype = dtype
+        self.batch_size = batch_size  # 30 s windows encoded at once
         self.encoder = AudioEncoder(
             dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer
         )
@@ -157,10 +154,13 @@ class WhisperAudioEncoder(torch.nn.Module):
         self.eval()
 
     @classmethod
-    def from_spec(cls, spec: str, device: str = "cpu") -> WhisperAudioEncoder:
+    def from_spec(
+        cls, spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32, batch_size: int = 8
+    ) -> WhisperAudioEncoder:
+        """Build from any form in SPEC_FORMS, on `device`, computing in `dtype`."""
         dims, state, where = resolve(spec)
         name = _model_name(dims) or f"{dims.n_audio_state}-d {dims.n_audio_layer}-layer"
-        model = cls(dims, state, f"Whisper {name} encoder ({where})")
+        model = cls(dims, state, f"Whisper {name} encoder ({where})", dtype=dtype, batch_size=batch_size)
         del state
         return model.to(device)
 
@@ -177,56 +177,34 @@ class WhisperAudioEncoder(torch.nn.Module):
     def device(self) -> torch.device:
         return self.encoder.conv1.weight.device
 
-    def window_frames(self, n_samples: int) -> int:
-        """Mel frames the encoder sees for a window holding n_samples: always 30 s (3,000), or with
-        `trim_windows` just the audio there (two mel frames per feature)."""
-        return 2 * self.num_frames(n_samples) if self.trim_windows else N_FRAMES
-
-    def encode_mel(self, mel: torch.Tensor) -> torch.Tensor:
-        """Whisper's AudioEncoder.forward, for a window of up to 30 s: the positional embedding cut
-        to the window (openai-whisper asserts exactly 30 s)."""
-        enc = self.encoder
-        x = F.gelu(enc.conv2(F.gelu(enc.conv1(mel)))).permute(0, 2, 1)
-        x = (x + enc.positional_embedding[: x.shape[1]]).to(x.dtype)
-        for block in enc.blocks:
-            x = block(x)
-        return enc.ln_post(x)
-
     def forward(self, audios: list[np.ndarray]) -> list[torch.Tensor]:
         """Each float32 mono 16 kHz array -> float32 CPU tensor [ceil(len/320), dim].
 
-        Longer audio is cut into 30 s windows, every window of every input is encoded in batches
-        of windows of one length (so a window's features never depend on its batch), and the
-        frames of a window's zero padding are dropped.
+        Longer audio is cut into 30 s windows; each window is padded to 30 s, as Whisper was
+        trained, and encoded in batches of windows from any input (a window's features never
+        depend on its batch); the frames of a window's padding are dropped.
         """
         device = self.device
-        dtype = self.input_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        chunks: list[tuple[int, int, np.ndarray]] = []  # (input, window, samples)
+        chunks: list[tuple[int, np.ndarray]] = []  # (input, samples), each input's windows in order
         for i, audio in enumerate(audios):
             audio = np.asarray(audio, dtype=np.float32)
             if audio.ndim != 1 or audio.size == 0:
                 raise ValueError(f"audio {i}: expected non-empty mono samples, got shape {audio.shape}")
-            chunks += [(i, w, audio[s : s + N_SAMPLES]) for w, s in enumerate(range(0, audio.size, N_SAMPLES))]
-        by_length: dict[int, list[tuple[int, int, np.ndarray]]] = {}
-        for chunk in chunks:
-            by_length.setdefault(self.window_frames(chunk[2].size), []).append(chunk)
-        pieces: list[dict[int, torch.Tensor]] = [{} for _ in audios]  # per input: window -> features
+            chunks += [(i, audio[s : s + N_SAMPLES]) for s in range(0, audio.size, N_SAMPLES)]
+        pieces: list[list[torch.Tensor]] = [[] for _ in audios]
         with torch.inference_mode():
-            for length, group in by_length.items():
-                for b in range(0, len(group), self.batch_size):
-                    batch = group[b : b + self.batch_size]
-                    mel = torch.stack(
-                        [
-                            whisper.log_mel_spectrogram(
-                                whisper.pad_or_trim(torch.from_numpy(c).to(device)), self.n_mels
-                            )[:, :length]
-                            for _, _, c in batch
-                        ]
-                    )
-                    out = self.encode_mel(mel.to(dtype)).float().cpu()
-                    for (i, w, c), feats in zip(batch, out):
-                        pieces[i][w] = feats[: self.num_frames(c.size)]
-        return [torch.cat([p[w] for w in sorted(p)]) for p in pieces]
+            for b in range(0, len(chunks), self.batch_size):
+                batch = chunks[b : b + self.batch_size]
+                mel = torch.stack(
+                    [
+                        whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(c).to(device)), self.n_mels)
+                        for _, c in batch
+                    ]
+                )
+                out = self.encoder(mel.to(self.dtype)).float().cpu()
+                for (i, c), feats in zip(batch, out):
+                    pieces[i].append(feats[: self.num_frames(c.size)])
+        return [torch.cat(p) for p in pieces]
 
     def extra_repr(self) -> str:
         return self.description

@@ -74,13 +74,17 @@ class CLIPVisualEncoder(torch.nn.Module):
 
     @classmethod
     def from_spec(
-        cls, arch: str, pretrained: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        spec: str,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        pretrained: str | None = None,
+        batch_size: int = 16,
     ) -> CLIPVisualEncoder:
-        """Build from an open_clip arch name or JSON config, and a tag, a checkpoint file or None.
-
-        `dtype` is the tower's compute dtype (bfloat16 is faster on CPUs with AMX or AVX512-BF16).
-        """
-        name, model_cfg = _model_config(arch)
+        """Build from an open_clip arch name or JSON config (`spec`), on `device`, computing in
+        `dtype` (bfloat16 is faster on CPUs with AMX or AVX512-BF16), with weights from `pretrained`: a tag,
+        a checkpoint file, or None (random init, announced)."""
+        name, model_cfg = _model_config(spec)
         preprocess = open_clip.transform.merge_preprocess_dict(open_clip.transform.PreprocessCfg(), {})
         quick_gelu = bool(model_cfg.get("quick_gelu", False))
         if pretrained is None:
@@ -105,7 +109,9 @@ class CLIPVisualEncoder(torch.nn.Module):
             description = f"open_clip {name} with weights from {source}" + (", QuickGELU" if quick_gelu else "")
             log.info("visual encoder: %s", description)
         preprocess["size"] = visual.image_size
-        return cls(visual, preprocess, arch=name, pretrained_loaded=loaded, description=description).to(device, dtype)
+        return cls(
+            visual, preprocess, arch=name, pretrained_loaded=loaded, description=description, batch_size=batch_size
+        ).to(device, dtype)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -40,7 +40,7 @@ def run_eval(
     limit: int | None = None,
     mode: str = "loglik",
     media_dir: str | None = None,
-    allow_outside: bool = False,
+    allow_outside_media: bool = False,
     batch_size: int = 16,
     max_new_tokens: int = 32,
     out: str | Path | None = None,
@@ -50,7 +50,7 @@ def run_eval(
     """Load the tasks, then the model (a preset, YAML or checkpoint folder, or an AnswerModel),
     score every task and return the report (also written to `out` and `out`.md when given)."""
     start = time.perf_counter()
-    loaded = [make_task(spec, media_dir, allow_outside).load() for spec in tasks]
+    loaded = [make_task(spec, media_dir, allow_outside_media).load() for spec in tasks]
     if isinstance(model, str):
         scorer: AnswerModel = AVLLMScorer(AVLLM.load(model, device=device), batch_size=batch_size, name=model)
     else:

@@ -59,10 +59,10 @@ class Task:
     prefix: ClassVar[str] = ""
     description: ClassVar[str] = ""
 
-    def __init__(self, path: str, media_dir: str | None = None, allow_outside: bool = False):
+    def __init__(self, path: str, media_dir: str | None = None, allow_outside_media: bool = False):
         self.path = Path(path)
         self.media_dir = Path(media_dir) if media_dir else None
-        self.allow_outside = allow_outside
+        self.allow_outside_media = allow_outside_media
         if not self.path.exists():
             raise DataError(f"{self.prefix}:{path}: no such file; check the path")
 
@@ -113,7 +113,7 @@ class JsonlTask(Task):
     description = "this project's QA JSONL (id, media, question, choices, answer, kind, split)"
 
     def load(self) -> TaskData:
-        records: list[QARecord] = load(self.path, "qa", check_media=True, allow_outside=self.allow_outside)  # type: ignore[assignment]
+        records: list[QARecord] = load(self.path, "qa", check_media=True, allow_outside_media=self.allow_outside_media)  # type: ignore[assignment]
         items = [EvalItem(r.id, r.media, r.question, r.answer, r.kind, r.choices, r.split) for r in records]
         return TaskData(self.name, items)
 
@@ -252,7 +252,7 @@ class AVHBenchTask(Task):
 TASKS: dict[str, type[Task]] = {cls.prefix: cls for cls in (JsonlTask, MusicAVQATask, AVSDTask, AVHBenchTask)}
 
 
-def make_task(spec: str, media_dir: str | None = None, allow_outside: bool = False) -> Task:
+def make_task(spec: str, media_dir: str | None = None, allow_outside_media: bool = False) -> Task:
     """`PREFIX:PATH` -> the adapter; a bare path ending in .jsonl counts as jsonl:PATH."""
     prefix, sep, path = spec.partition(":")
     if not sep and spec.endswith(".jsonl"):
@@ -260,4 +260,4 @@ def make_task(spec: str, media_dir: str | None = None, allow_outside: bool = Fal
     if prefix not in TASKS or not path:
         known = "; ".join(f"{p}:PATH ({c.description})" for p, c in TASKS.items())
         raise DataError(f"--tasks {spec!r}: expected PREFIX:PATH with PREFIX one of: {known}")
-    return TASKS[prefix](path, media_dir, allow_outside)
+    return TASKS[prefix](path, media_dir, allow_outside_media)

@@ -33,8 +33,6 @@ STATS_CLIPS = 256  # clips sampled to fit fresh projectors' input standardisatio
 
 def build_model(cfg: TrainConfig) -> AVLLM:
     """The model a stage starts from: the preset or checkpoint named by cfg.model, prepared for the stage."""
-    if cfg.attention not in ("sdpa", "eager"):
-        raise ConfigError(f"attention {cfg.attention!r}: use sdpa or eager")
     model = prepare_for_stage(AVLLM.from_config(stage_model_config(cfg), default_device()), cfg)
     model.llm.set_attn_implementation(cfg.attention)  # a peft wrapper passes it to the LLM
     if starts_from_checkpoint(cfg):
@@ -56,8 +54,6 @@ def compile_layers(model: AVLLM) -> None:
 
 def stage_model_config(cfg: TrainConfig) -> ModelConfig:
     """cfg.model's settings with the recipe's quantization, and an adapter for the LoRA stages."""
-    if cfg.stage not in ("align", "instruct", "dpo"):
-        raise ConfigError(f"stage {cfg.stage!r}: use align, instruct or dpo")
     config = load_model_config(cfg.model)
     if cfg.quantization is not None:
         config = dataclasses.replace(config, quantization=cfg.quantization)
@@ -178,8 +174,7 @@ def resolve_precision(cfg: TrainConfig) -> TrainConfig:
 
 def training_arguments(cfg: TrainConfig) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
-    if cfg.precision not in ("bf16", "fp16", "fp32"):
-        raise ConfigError(f"precision {cfg.precision!r}: use bf16, fp16, fp32 or auto")
+    cfg = resolve_precision(cfg)
     if cfg.precision == "fp16" and not on_gpu:
         raise ConfigError("precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     return TrainingArguments(

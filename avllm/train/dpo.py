@@ -56,7 +56,7 @@ def dpo_loss(
     elif kind == "ipo":  # Azar et al. 2023: regress the log-ratio margin to 1 / (2 beta)
         loss = ((margin / beta - 1 / (2 * beta)) ** 2).mean()
     else:
-        raise ConfigError(f"dpo_loss {kind!r}: use sigmoid or ipo")
+        raise ValueError(f"dpo_loss {kind!r}: TrainConfig allows sigmoid or ipo")
     stats = {
         "rewards/chosen": rewards[:, 0].mean(),
         "rewards/rejected": rewards[:, 1].mean(),
@@ -122,7 +122,7 @@ def run_dpo(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     cfg = resolve_precision(cfg)
     start = time.perf_counter()
     args = training_arguments(dataclasses.replace(cfg, group_by_length=False))  # pairs keep their random order
-    records = formats.load(cfg.data, "preference", allow_outside=cfg.allow_media_outside)
+    records = formats.load(cfg.data, "preference", allow_outside_media=cfg.allow_outside_media)
     model = build_model(cfg)
     without_lora_dropout(model)
     cache = feature_cache(model, cfg)

@@ -26,7 +26,7 @@ def run_sft(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     cfg = resolve_precision(cfg)
     start = time.perf_counter()
     args = training_arguments(cfg)
-    records = formats.load(cfg.data, "instruction", allow_outside=cfg.allow_media_outside)
+    records = formats.load(cfg.data, "instruction", allow_outside_media=cfg.allow_outside_media)
     model = build_model(cfg)
     cache = feature_cache(model, cfg)
     with args.main_process_first(desc="feature cache"):
