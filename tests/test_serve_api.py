@@ -4,6 +4,7 @@ and four users at once with no cross-talk."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -95,6 +96,9 @@ def test_clip_is_encoded_once_and_reused(client, live_server, serve_clips):
     assert not first["clip_reused"] and "encode_visual" in first["timings"]
     assert second["clip_reused"] and "encode_visual" not in second["timings"]
     assert second["frames"] == first["frames"] and second["duration"] == first["duration"]
+    assert (
+        first["clip_sha256"] == second["clip_sha256"] == hashlib.sha256(serve_clips["long6"].read_bytes()).hexdigest()
+    )
 
 
 def test_input_audio_wav(client, serve_clips):

@@ -530,12 +530,13 @@ def build_router(service: ChatService, settings: ServeSettings) -> APIRouter:
         )
         service.check_settings(chat)
         path, name = await loader.file(media, uploads, watch)
-        report, reused = ChatReport(), [False]
+        report, used = ChatReport(), {}  # used: the clip and whether it was reused, set by the job
 
         def work(emit: Callable[..., None]) -> None:
-            clip, reused[0] = service.clip_from_path(path, req.frames, name, watch)
+            clip, reused = service.clip_from_path(path, req.frames, name, watch)
+            used.update(clip=clip, reused=reused)
             first = True
-            for piece in service.stream(clip, question, history, chat, report, reused[0], watch, lambda: emit("ready")):
+            for piece in service.stream(clip, question, history, chat, report, reused, watch, lambda: emit("ready")):
                 if piece:  # the detokenizer holds back partial words as empty pieces
                     if first:
                         metrics.first_token.observe(time.perf_counter() - started)
@@ -549,7 +550,7 @@ def build_router(service: ChatService, settings: ServeSettings) -> APIRouter:
             event = await job.next()
             if req.stream:  # the slot is held (or the answer done): the status is 200 from here on
                 return StreamingResponse(
-                    events(job, event, meta, report, reused, chat, watch, uploads),
+                    events(job, event, meta, report, used, chat, watch, uploads),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
@@ -573,7 +574,7 @@ def build_router(service: ChatService, settings: ServeSettings) -> APIRouter:
                         }
                     ],
                     "usage": usage(report.tokens.get("prompt", 0), completion),
-                    "avllm": report_dict(report, reused[0]),
+                    "avllm": report_dict(report, used["clip"], used["reused"]),
                 }
             ),
             media_type="application/json",
@@ -584,7 +585,7 @@ def build_router(service: ChatService, settings: ServeSettings) -> APIRouter:
         event: tuple,
         meta: dict,
         report: ChatReport,
-        reused: list[bool],
+        used: dict,
         chat: ChatSettings,
         watch: Watch,
         uploads: Uploads,
@@ -609,7 +610,7 @@ def build_router(service: ChatService, settings: ServeSettings) -> APIRouter:
                 {},
                 finish_reason(completion, chat),
                 usage=usage(report.tokens.get("prompt", 0), completion),
-                avllm=report_dict(report, reused[0]),
+                avllm=report_dict(report, used["clip"], used["reused"]),
             )
         except Exception as exc:  # after the headers went out, an error can only be an event
             if not isinstance(exc, AVLLMError):

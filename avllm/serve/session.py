@@ -362,8 +362,9 @@ class ChatService:
         )
 
 
-def report_dict(report: ChatReport, reused: bool) -> dict:
-    """The facts of an answer for the API's `avllm` field and the UI's panel."""
+def report_dict(report: ChatReport, clip: StoredClip, reused: bool) -> dict:
+    """The facts of an answer for the API's `avllm` field: what it used, and which clip (its sha256)."""
     out = report.to_dict()
+    out["clip_sha256"] = clip.key
     out["clip_reused"] = reused
     return out
