@@ -28,6 +28,7 @@ from serve_fixtures import data_url
 from avllm.serve import fetch
 from avllm.serve.api import Uploads, lift_media, parse_body
 from avllm.serve.server import BackgroundServer, ServeSettings
+from avllm.serve.session import Busy, ClipStore, Slots, Stopped, Watch
 from avllm.serve.settings import ServeSettings as Settings
 
 pytest_plugins = ["serve_fixtures"]  # live_server, serve_clips
@@ -420,6 +421,49 @@ def test_a_full_line_gets_429_with_retry_after(live_server, serve_clips, monkeyp
     assert response.status_code == 429 and int(response.headers["retry-after"]) >= 1
     assert response.json()["error"]["code"] == "server_busy"
     assert post(live_server.url, ask(live_server.url, data_url(serve_clips["short"]))).status_code == 200
+
+
+def test_a_clip_whose_encoder_left_is_encoded_for_the_next_request():
+    store = ClipStore(4)
+    started = threading.Event()
+
+    def leaves():
+        started.set()
+        time.sleep(0.3)
+        raise Stopped("the client went away", timed_out=False)
+
+    first = threading.Thread(target=lambda: pytest.raises(Stopped, store.get, ("clip",), leaves))
+    first.start()
+    started.wait(5)
+    assert store.get(("clip",), lambda: "encoded") == ("encoded", False)  # waited, then built it itself
+    first.join(5)
+
+
+def test_slots_serve_in_order_and_refuse_past_the_line():
+    slots, order = Slots(running=1, waiting=2), []
+
+    def wait_then_note(name: str) -> None:
+        with slots.hold():
+            order.append(name)
+
+    with slots.hold():
+        threads = []
+        for name in ("a", "b"):
+            threads.append(threading.Thread(target=wait_then_note, args=(name,)))
+            threads[-1].start()
+            assert until(lambda: slots.queued == len(threads), 5) < 5
+        with pytest.raises(Busy) as busy:
+            slots.hold().__enter__()
+        assert busy.value.retry_after >= 1
+        watch = Watch()
+        watch.cancel.set()
+        assert slots.queued == 2
+    for thread in threads:
+        thread.join(5)
+    assert order == ["a", "b"] and slots.active == 0 and slots.queued == 0
+    with pytest.raises(Stopped):  # a request whose client left leaves the line
+        with slots.hold(), slots.hold(watch):
+            pass
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,10 +121,11 @@ class Slots:
         with self._cond:
             if self.active >= self.running or self._line:
                 if len(self._line) >= self.waiting:
+                    retry = self.retry_after()
                     raise Busy(
                         f"the server is busy: {self.active} answers running and {len(self._line)} waiting, "
-                        "the most it takes; retry after the time in the Retry-After header",
-                        self.retry_after(),
+                        f"the most it takes; try again in {retry} s",
+                        retry,
                     )
                 me = object()
                 self._line.append(me)
@@ -170,18 +171,26 @@ class ClipStore:
         with self._lock:
             return len(self._entries)
 
-    def get(self, key: tuple, build: Callable[[], StoredClip]) -> tuple[StoredClip, bool]:
-        """The entry for `key` and whether it was reused (True) or built by this call (False)."""
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key], True
-            future = self._pending.get(key)
-            owner = future is None
-            if owner:
-                future = self._pending[key] = Future()
-        if not owner:
-            return future.result(), True  # someone else is encoding this clip: wait and share
+    def get(self, key: tuple, build: Callable[[], StoredClip], watch: Watch | None = None) -> tuple[StoredClip, bool]:
+        """The entry for `key` and whether it was reused (True) or built by this call (False).
+
+        While another request encodes the same clip, this one waits (watching its own `watch`);
+        when that request stops (its client left), the clip is built again rather than failed.
+        """
+        while True:
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    return self._entries[key], True
+                future = self._pending.get(key)
+                if future is None:
+                    future = self._pending[key] = Future()
+                    break
+            while not future.done():  # someone else is encoding this clip: wait and share
+                (watch or Watch()).check()
+                wait([future], timeout=POLL)
+            if not isinstance(future.exception(), Stopped):
+                return future.result(), True
         try:
             value = build()
         except BaseException as exc:
@@ -279,7 +288,7 @@ class ChatService:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
         key = digest.hexdigest()
-        clip, reused = self.store.get((key, frames), lambda: self._encode(path, key, name, frames, watch))
+        clip, reused = self.store.get((key, frames), lambda: self._encode(path, key, name, frames, watch), watch)
         self.metrics.clips.labels("reused" if reused else "encoded").inc()
         return clip, reused
 
