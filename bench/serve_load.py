@@ -4,7 +4,8 @@ Starts the server in its own process (so its memory is its own), then runs --cli
 until --seconds pass. Each request is one of: a question about a repeated clip (its features
 are reused), a new clip (a few random bytes appended to a clip make a new file with the same
 picture, so it is encoded again), or a malformed request (bad base64, no clip, wrong types);
-half the answers stream. A client that gets 429 waits for its Retry-After. Memory is measured
+half the answers stream. A client that gets 429 waits for its Retry-After, at most --max-wait
+seconds (so that a run reaches many requests). Memory is measured
 after loading, after one first answer (the weights are memory-mapped, so the first answer pages
 them in: that is not growth) and at the end. Every answer's
 report must name the sha256 of the clip that client sent (no cross-talk). Prints requests by
@@ -82,9 +83,9 @@ def percentiles(values: list[float]) -> str:
 
 
 class Load:
-    def __init__(self, url: str, clips: list[bytes], max_tokens: int, deadline: float, seed: int):
+    def __init__(self, url: str, clips: list[bytes], max_tokens: int, deadline: float, seed: int, max_wait: float):
         self.url, self.clips, self.max_tokens, self.deadline = url, clips, max_tokens, deadline
-        self.rng = random.Random(seed)
+        self.max_wait = max_wait
         self.lock = threading.Lock()
         self.statuses: Counter[str] = Counter()
         self.ttft: list[float] = []
@@ -124,7 +125,7 @@ class Load:
                 with self.lock:
                     self.statuses[status] += 1
                 if wait:
-                    time.sleep(min(wait, max(0.0, self.deadline - time.monotonic())))
+                    time.sleep(min(wait, self.max_wait, max(0.0, self.deadline - time.monotonic())))
 
     def one(self, http: httpx.Client, body: dict, sha: str | None) -> tuple[str, float]:
         start = time.perf_counter()
@@ -191,6 +192,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=2, help="the server's --concurrency")
     parser.add_argument("--max-queue", type=int, default=8, help="the server's --max-queue")
+    parser.add_argument("--max-wait", type=float, default=2.0, help="longest wait after a 429 (seconds)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -214,7 +216,7 @@ def main() -> None:
             time.sleep(0.5)
         memory_loaded = rss_mb(server.pid)
         print(f"server up in {time.monotonic() - started:.1f} s ({args.model}); RSS {memory_loaded:.0f} MB")
-        load = Load(url, clips, args.max_tokens, time.monotonic() + args.seconds, args.seed)
+        load = Load(url, clips, args.max_tokens, time.monotonic() + args.seconds, args.seed, args.max_wait)
         with httpx.Client(timeout=300) as http:  # one answer first: weights are memory-mapped, paged in on first use
             assert load.one(http, *load.body(random.Random(-1)))[0] == "200", load.failures
         load.statuses.clear()

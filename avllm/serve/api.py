@@ -512,6 +512,7 @@ def build_router(service: ChatService, settings: ServeSettings) -> APIRouter:
     async def answer(raw: list[bytearray], watch: Watch, uploads: Uploads) -> Response:
         """`raw` holds the body, popped in the worker thread so that it is freed once its clips are lifted."""
         started = time.perf_counter()
+        service.slots.check_room()
         req = await anyio.to_thread.run_sync(lambda: parse_body(lift_media(raw.pop(), uploads, loader.limit)))
         if req.model and req.model not in served:
             raise ApiError(

@@ -113,6 +113,20 @@ class Slots:
         """Seconds until a place in line is likely to free up."""
         return max(1, math.ceil(self._mean_hold * (len(self._line) + 1) / self.running))
 
+    def check_room(self) -> None:
+        """Busy now when the line is full: a request refused before any work is done on it."""
+        with self._cond:
+            if self.active >= self.running and len(self._line) >= self.waiting:
+                self._refuse()
+
+    def _refuse(self) -> None:
+        retry = self.retry_after()
+        raise Busy(
+            f"the server is busy: {self.active} answers running and {len(self._line)} waiting, "
+            f"the most it takes; try again in {retry} s",
+            retry,
+        )
+
     @contextmanager
     def hold(self, watch: Watch | None = None) -> Iterator[float]:
         """A slot for the with-block, after waiting in line; yields the seconds waited."""
@@ -121,12 +135,7 @@ class Slots:
         with self._cond:
             if self.active >= self.running or self._line:
                 if len(self._line) >= self.waiting:
-                    retry = self.retry_after()
-                    raise Busy(
-                        f"the server is busy: {self.active} answers running and {len(self._line)} waiting, "
-                        f"the most it takes; try again in {retry} s",
-                        retry,
-                    )
+                    self._refuse()
                 me = object()
                 self._line.append(me)
                 try:
