@@ -17,6 +17,8 @@ clip's <video> placeholder in the first user turn.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import hashlib
 import logging
@@ -46,6 +48,21 @@ log = logging.getLogger("avllm.serve")
 
 THUMB_SIDE = 160  # pixels: the longer side of the frame thumbnails the UI shows
 POLL = 0.1  # seconds between looks at a waiting request's Watch
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    libc = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None  # glibc only
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand memory that finished work freed back to the system. glibc keeps it in per-thread arenas,
+    and a server's many threads made its memory grow with every request (bench/serve_load.py)."""
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
 
 
 class UploadTooLarge(MediaError):
@@ -154,6 +171,7 @@ class Slots:
                 self.active -= 1
                 self._mean_hold = 0.8 * self._mean_hold + 0.2 * (time.monotonic() - began)
                 self._cond.notify_all()
+            release_freed_memory()
 
 
 @dataclass
