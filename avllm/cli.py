@@ -5,6 +5,7 @@ and `avllm info` start instantly; a user's error prints one line and exits non-z
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,9 @@ from collections.abc import Callable
 
 from .config import default_model
 from .errors import AVLLMError, ConfigError
+from .serve.settings import ServeSettings, env_api_keys
+
+SERVE_FIELDS = {f.name for f in dataclasses.fields(ServeSettings)}
 
 PROCESS_START = time.perf_counter()
 DEFAULT_MODEL = default_model()  # weights/starter (trained) if present, else the starter preset
@@ -114,21 +118,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     quiet_libraries()
-    from .serve.server import ServeSettings, serve
+    from .serve.server import serve
 
     logging.getLogger("avllm").setLevel(logging.INFO)
-    serve(
-        ServeSettings(
-            host=args.host,
-            port=args.port,
-            model=args.model,
-            concurrency=args.concurrency,
-            max_upload_mb=args.max_upload_mb,
-            max_duration=args.max_duration,
-            allow_local_files=args.allow_local_files,
-            allow_remote_urls=not args.no_remote_urls,
-        )
-    )
+    settings = {k: v for k, v in vars(args).items() if k in SERVE_FIELDS}
+    settings["api_keys"] = tuple(args.api_keys or env_api_keys())
+    settings["allow_remote_urls"] = not args.no_remote_urls
+    serve(ServeSettings(**settings))
     return 0
 
 
@@ -274,22 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     export.set_defaults(func=cmd_export)
 
-    serve = sub.add_parser("serve", help="start the Gradio chat UI at / and an OpenAI-compatible API at /v1")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it; the API has no auth)")
-    serve.add_argument("--port", type=positive_int, default=7860)
-    serve.add_argument("--model", default=DEFAULT_MODEL, help="preset name, YAML file or checkpoint folder")
-    serve.add_argument("--concurrency", type=positive_int, default=2, help="answers generated at once; others queue")
-    serve.add_argument("--max-upload-mb", type=float, default=200.0, help="largest clip accepted (MiB)")
-    serve.add_argument("--max-duration", type=float, default=600.0, help="longest clip accepted (seconds)")
-    serve.add_argument(
-        "--allow-local-files",
-        action="store_true",
-        help="let API requests name files on this machine (video_url: /path or file://)",
-    )
-    serve.add_argument(
-        "--no-remote-urls", action="store_true", help="refuse http(s) video_url values instead of fetching them"
-    )
-    serve.set_defaults(func=cmd_serve)
+    add_serve_parser(sub)
     synth = sub.add_parser(
         "synth", help="write synthetic clips with known facts and instruction/preference/QA/probe files"
     )
@@ -358,6 +339,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(func=cmd_eval)
     return parser
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    """`avllm serve`: every flag's default comes from ServeSettings (docs/api.md: running it safely)."""
+    d = ServeSettings
+    serve = sub.add_parser("serve", help="start the Gradio chat UI at / and an OpenAI-compatible API at /v1")
+    serve.add_argument("--host", default=d.host, help="address to bind; a non-loopback one needs --api-key")
+    serve.add_argument("--port", type=positive_int, default=d.port)
+    serve.add_argument("--model", default=DEFAULT_MODEL, help="preset name, YAML file or checkpoint folder")
+    serve.add_argument("--examples", dest="examples_dir", metavar="DIR", help="example clips to show in the UI")
+    who = serve.add_argument_group("who may use it")
+    who.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        metavar="KEY",
+        help="require `Authorization: Bearer KEY` on /v1 and /metrics (repeat for several keys; default: "
+        "AVLLM_API_KEY, comma-separated)",
+    )
+    who.add_argument("--ui-auth", metavar="USER:PASS|FILE", help="log in to the UI (a file: one user:pass a line)")
+    who.add_argument(
+        "--allowed-hosts",
+        type=names,
+        default=d.allowed_hosts,
+        metavar="NAME,...",
+        help="Host header names accepted (default: localhost names on a loopback --host, any otherwise)",
+    )
+    media = serve.add_argument_group("where clips may come from")
+    media.add_argument(
+        "--no-remote-urls", action="store_true", help="refuse http(s) video_url values instead of fetching them"
+    )
+    media.add_argument(
+        "--allowed-media-domains",
+        type=names,
+        default=d.allowed_media_domains,
+        metavar="DOMAIN,...",
+        help="fetch video_url values only from these domains and their subdomains",
+    )
+    media.add_argument(
+        "--fetch-timeout", type=float, default=d.fetch_timeout, help="seconds for a whole fetch, redirects included"
+    )
+    media.add_argument(
+        "--allow-local-files",
+        action="store_true",
+        help="let API requests name files on this machine (video_url: /path or file://), under the folder below",
+    )
+    media.add_argument("--allowed-local-media-path", metavar="DIR", help="the one folder local files may come from")
+    limits = serve.add_argument_group("limits")
+    limits.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="largest clip accepted (MiB)")
+    limits.add_argument("--max-duration", type=float, default=d.max_duration, help="longest clip accepted (seconds)")
+    limits.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="longest answer")
+    limits.add_argument("--max-frames", type=positive_int, default=d.max_frames, help="most frames a request may ask")
+    limits.add_argument(
+        "--max-prompt-tokens", type=positive_int, help="longest prompt (default: the model's context minus the answer)"
+    )
+    limits.add_argument("--concurrency", type=positive_int, default=d.concurrency, help="answers generated at once")
+    limits.add_argument(
+        "--max-queue", type=int, default=d.max_queue, help="requests waiting for a slot; past that, 429"
+    )
+    limits.add_argument(
+        "--request-timeout", type=float, default=d.request_timeout, help="seconds an answer may take, waiting included"
+    )
+    limits.add_argument(
+        "--shutdown-timeout", type=float, default=d.shutdown_timeout, help="on SIGTERM, seconds to finish answers"
+    )
+    limits.add_argument("--cache-size", type=positive_int, default=d.cache_size, help="encoded clips kept")
+    serve.set_defaults(func=cmd_serve)
+
+
+def names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def positive_int(text: str) -> int:

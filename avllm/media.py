@@ -145,6 +145,8 @@ def _open(path: str | os.PathLike, cfg: MediaConfig) -> av.container.InputContai
         raise MediaError(f"{path}: no such file; check the path (relative paths start from {os.getcwd()})")
     if p.is_dir():
         raise MediaError(f"{path}: is a directory, not a media file; pass one video or audio file from it")
+    if not p.is_file():  # reading a FIFO or a device (/dev/zero) would block or never end
+        raise MediaError(f"{path}: is not a regular file (a pipe or a device); pass a video or audio file")
     size_mb = p.stat().st_size / 2**20
     if size_mb == 0:
         raise MediaError(f"{path}: the file is empty (0 bytes); {REENCODE}")
@@ -205,6 +207,9 @@ def _facts(path: str, container: av.container.InputContainer, cfg: MediaConfig) 
         raise MediaError(
             f"{path}: has neither a video nor an audio stream (streams: {', '.join(kinds)}); pass {FORMATS}"
         )
+    for stream in (vs, aus):
+        if stream is not None and stream.codec_context is None:  # e.g. an SVG image: no decoder here
+            raise MediaError(f"{path}: its {stream.type} stream cannot be decoded here; pass {FORMATS}")
     duration = _duration(container, [s for s in (vs, aus) if s is not None])
     if not duration or duration <= 0:
         raise MediaError(f"{path}: has zero duration: no audio or video data could be read from it; {REENCODE}")
@@ -333,7 +338,10 @@ def _read_audio(
     if damaged[0]:
         facts.warnings.append(f"audio: skipped {damaged[0]} damaged packet(s) or a broken end of file")
     if len(audio) == 0:
-        raise MediaError(f"{facts.path}: the audio track holds no decodable samples; {REENCODE}")
+        if not facts.has_video:
+            raise MediaError(f"{facts.path}: the audio track holds no decodable samples; {REENCODE}")
+        facts.warnings.append("the audio track is empty (no samples): answers use the picture only")
+        return None, None
     return np.clip(audio[:limit], -1.0, 1.0).astype(np.float32), None if cut else len(audio) / SAMPLE_RATE
 
 

@@ -67,7 +67,9 @@ class ChatTokens:
 
 
 def encode_chat(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = False) -> ChatTokens:
-    """Tokenize a conversation; only the assistant turns (with their end-of-turn token) carry labels.
+    """Tokenize a conversation; only the assistant turns (with their end-of-turn token) carry labels,
+    and none in a generation prompt (its history is context, and finding the spans renders the
+    conversation once per assistant turn: quadratic in a long history).
 
     Assistant spans are found as the text each assistant turn adds to the rendered prompt,
     then mapped onto tokens with the tokenizer's character offsets.
@@ -76,7 +78,7 @@ def encode_chat(tokenizer: Any, messages: list[Message], add_generation_prompt: 
     text = render(tokenizer, messages, add_generation_prompt)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or add_generation_prompt:  # a prompt to answer is not trained on
             continue
         prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
         if not text.startswith(prefix):

@@ -26,10 +26,11 @@ from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 
 from avllm.config import MediaConfig, ModelConfig  # noqa: E402
 from avllm.model import AVLLM  # noqa: E402
-from avllm.serve.server import SHARED_CLIPS, BackgroundServer, ServeSettings  # noqa: E402
+from avllm.serve.server import BackgroundServer, ServeSettings  # noqa: E402
 
 MAX_UPLOAD_MB = 1.0
 MAX_DURATION = 20.0
+SHARED_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "clips"  # the UI's example clips, when present
 
 
 def chatty_tiny_model(folder: Path) -> AVLLM:
@@ -68,7 +69,7 @@ def start_server(folder: Path, **overrides) -> BackgroundServer:
         max_upload_mb=MAX_UPLOAD_MB,
         max_duration=MAX_DURATION,
         max_new_tokens=64,
-        examples_dir=str(SHARED_CLIPS),
+        examples_dir=str(SHARED_CLIPS) if SHARED_CLIPS.is_dir() else None,
         **overrides,
     )
     return BackgroundServer(settings, model=chatty_tiny_model(folder)).start()

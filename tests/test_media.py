@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import struct
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -263,8 +265,16 @@ def bad_files(clip_dir, corrupt_file, text_file, truncated_mp4_no_index):
         packet = av.Packet(b"not audio, not video")
         packet.stream, packet.pts, packet.dts, packet.time_base = stream, 0, 0, Fraction(1, 90000)
         out.mux(packet)
+    svg = clip_dir / "picture.svg"  # ffmpeg finds a video stream it has no decoder for
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>')
+    fifo = clip_dir / "pipe.mp4"  # opening it to read would wait for a writer forever
+    if not fifo.exists():
+        os.mkfifo(fifo)
     return {
         "missing": (clip_dir / "nope.mp4", ["no such file"]),
+        "svg image": (svg, ["cannot be decoded"]),
+        "fifo": (fifo, ["not a regular file"]),
+        "device": (Path("/dev/zero"), ["not a regular file"]),
         "directory": (folder, ["directory"]),
         "empty": (empty, ["empty"]),
         "text": (text_file, ["text file"]),
@@ -278,6 +288,9 @@ def bad_files(clip_dir, corrupt_file, text_file, truncated_mp4_no_index):
 
 BAD = [
     "missing",
+    "svg image",
+    "fifo",
+    "device",
     "directory",
     "empty",
     "text",
@@ -300,6 +313,24 @@ def test_unusable_files_raise_media_error_naming_the_file(bad_files, name, reade
     for word in words:
         assert word in message
     assert ";" in message or ":" in message[len(str(path)) + 1 :]  # a problem and a fix
+
+
+def test_video_whose_audio_track_is_empty_answers_from_the_picture(clip_dir):
+    """An audio stream with no samples in it: the picture is still used, and the sound called empty."""
+    path = clip_dir / "empty_audio.mkv"  # matroska keeps a track that holds no packets (mp4 drops it)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=CLIP_FPS)
+        video.width, video.height, video.pix_fmt = CLIP_WIDTH, CLIP_HEIGHT, "yuv420p"
+        audio = out.add_stream("aac", rate=44100, layout="stereo")
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((CLIP_HEIGHT, CLIP_WIDTH, 3), 100, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, CLIP_FPS)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    clip = load_clip(path, MediaConfig(num_frames=3))
+    assert clip.audio is None and clip.frames.shape[0] == 3
+    assert clip.facts.has_audio and any("audio track is empty" in w for w in clip.facts.warnings)
 
 
 def test_text_file_with_a_video_suffix(clip_dir):

@@ -43,6 +43,18 @@ def test_generation_prompt_has_no_labels(tokenizer):
     assert tokenizer.decode(tokens.input_ids).endswith("<|im_start|>assistant\n")
 
 
+def test_a_generation_prompt_renders_a_long_history_once(tokenizer, monkeypatch):
+    """A served conversation with 1,000 earlier turns costs one template render, not one per answer."""
+    history = [{"role": "user" if i % 2 else "assistant", "content": f"turn {i}"} for i in range(1000)]
+    history[1]["content"] = with_video(history[1]["content"])  # the greeting comes first, then the clip
+    renders = []
+    real = tokenizer.apply_chat_template
+    monkeypatch.setattr(tokenizer, "apply_chat_template", lambda *a, **k: renders.append(1) or real(*a, **k))
+    tokens = encode_chat(tokenizer, [*history, {"role": "user", "content": "and now?"}], add_generation_prompt=True)
+    assert len(renders) == 1 and set(tokens.labels) == {IGNORE_INDEX}
+    assert tokenizer.decode(tokens.input_ids).startswith("<|im_start|>")
+
+
 @pytest.mark.parametrize(
     "messages",
     [

@@ -4,6 +4,10 @@ and four users at once with no cross-talk."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import socket
 import threading
 import time
 
@@ -12,6 +16,7 @@ import openai
 import pytest
 from serve_fixtures import MAX_DURATION, b64, data_url
 
+from avllm.errors import ConfigError
 from avllm.serve.server import BackgroundServer, ServeSettings
 
 pytest_plugins = ["serve_fixtures"]  # live_server, serve_clips
@@ -91,6 +96,9 @@ def test_clip_is_encoded_once_and_reused(client, live_server, serve_clips):
     assert not first["clip_reused"] and "encode_visual" in first["timings"]
     assert second["clip_reused"] and "encode_visual" not in second["timings"]
     assert second["frames"] == first["frames"] and second["duration"] == first["duration"]
+    assert (
+        first["clip_sha256"] == second["clip_sha256"] == hashlib.sha256(serve_clips["long6"].read_bytes()).hexdigest()
+    )
 
 
 def test_input_audio_wav(client, serve_clips):
@@ -159,6 +167,9 @@ def _post(url, body=None, content=None):
     "case, status, words",
     [
         ("not_json", 400, "not valid JSON"),
+        ("nested", 400, "nested too deeply"),
+        ("surrogate", 400, "not valid Unicode"),
+        ("svg", 400, "cannot be decoded"),
         ("json_list", 422, "JSON object"),
         ("no_messages", 422, "messages"),
         ("bad_role", 422, "role"),
@@ -173,8 +184,8 @@ def _post(url, body=None, content=None):
         ("data_not_base64", 400, "must be base64"),
         ("corrupt_bytes", 400, "cannot be read as audio or video"),
         ("local_path_off", 400, "--allow-local-files"),
-        ("unreachable_url", 400, "could not fetch"),
-        ("missing_url", 400, "HTTP 404"),
+        ("loopback_url", 400, "is a loopback address"),
+        ("server_itself", 400, "is a loopback address"),
         ("ftp_url", 400, "unsupported URL scheme"),
         ("too_large", 413, "over this server's limit of 1 MiB"),
         ("too_long", 400, f"over the limit of {MAX_DURATION:g} s"),
@@ -207,48 +218,75 @@ def test_bad_requests_get_a_4xx_with_a_message(live_server, serve_clips, case, s
             "messages": [{"role": "assistant", "content": video["content"]}, {"role": "user", "content": "hi"}],
         },
         "bad_base64": url(BAD + "!!!not base64!!!"),
+        "svg": url("data:image/svg+xml;base64,PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciLz4="),
         "data_not_base64": url("data:video/mp4,plain"),
         "corrupt_bytes": url(BAD + "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v"),
         "local_path_off": url(str(serve_clips["av"])),
-        "unreachable_url": url({"url": "http://127.0.0.1:9/clip.mp4"}),
-        "missing_url": url(live_server.url + "/no-such-clip.mp4"),
+        "loopback_url": url({"url": "http://127.0.0.1:9/clip.mp4"}),
+        "server_itself": url(live_server.url + "/v1/models"),
         "ftp_url": url("ftp://example.invalid/clip.mp4"),
         "too_large": url(BAD + "A" * int(1.5 * 2**20 * 4 / 3)),
         "too_long": url(data_url(serve_clips["too_long"])),
         "too_many_tokens": {"model": "tiny", "messages": [video], "max_tokens": 100000},
         "unknown_model": {"model": "gpt-4o", "messages": [video]},
     }
-    response = (
-        _post(live_server.url, content=b"{not json") if case == "not_json" else _post(live_server.url, bodies[case])
-    )
+    raw = {
+        "not_json": b"{not json",
+        "nested": b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "surrogate": json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "\ud800"}]}).encode(),
+    }
+    response = _post(live_server.url, content=raw[case]) if case in raw else _post(live_server.url, bodies[case])
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert words in error["message"] and "Traceback" not in error["message"]
     assert "/tmp/" not in error["message"]  # uploads are named, not the server's temporary files
 
 
-def test_local_files_only_when_the_server_allows_them(live_server, serve_clips):
-    settings = ServeSettings(port=0, model="tiny", allow_local_files=True, examples_dir=None)
+def clip_request(value, max_tokens=4) -> dict:
+    part = {"type": "video_url", "video_url": value}
+    return {"model": "tiny", "max_tokens": max_tokens, "messages": [{"role": "user", "content": [part]}]}
+
+
+def test_a_conversation_may_open_with_an_assistant_greeting(client, serve_clips):
+    greeting = {"role": "assistant", "content": "Hello! Send me a clip and ask about it."}
+    response = client.chat.completions.create(
+        model="tiny", messages=[greeting, video_message(serve_clips["av"])], max_tokens=4
+    )
+    assert response.choices[0].message.content.strip() and response.usage.completion_tokens == 4
+
+
+def test_local_files_only_from_the_allowed_folder(live_server, serve_clips, tmp_path):
+    root = serve_clips["av"].parent
+    outside = tmp_path / "secret.mp4"
+    outside.write_bytes(serve_clips["av"].read_bytes())
+    (root / "link.mp4").unlink(missing_ok=True)
+    (root / "link.mp4").symlink_to(outside)
+    fifo = root / "pipe.mp4"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    settings = ServeSettings(
+        port=0, model="tiny", allow_local_files=True, allowed_local_media_path=str(root), examples_dir=None
+    )
     with BackgroundServer(settings, service=live_server.service) as local:
-        for value in (str(serve_clips["av"]), serve_clips["av"].as_uri()):
-            body = {
-                "model": "tiny",
-                "max_tokens": 4,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "video_url", "video_url": value}, {"type": "text", "text": "hi"}],
-                    }
-                ],
-            }
-            response = _post(local.url, body)
+        for value in (str(serve_clips["av"]), serve_clips["av"].as_uri(), str(root / "sub" / ".." / "av.mp4")):
+            response = _post(local.url, clip_request(value))
             assert response.status_code == 200, response.text
             assert response.json()["avllm"]["duration"] == pytest.approx(4.0, abs=0.05)
-        relative = {
-            "model": "tiny",
-            "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": "clip.mp4"}]}],
+        refused = {
+            "clip.mp4": "absolute path",
+            str(outside): "outside the folder",
+            f"{root}/../{tmp_path.name}/secret.mp4": "outside the folder",
+            f"file://{root}/%2e%2e/{tmp_path.name}/secret.mp4": "outside the folder",
+            str(root / "link.mp4"): "outside the folder",  # a symlink out of the folder
+            "/dev/zero": "outside the folder",
+            str(fifo): "no such file",  # a FIFO would block the reader forever
+            str(root / "nothing.mp4"): "no such file",
         }
-        assert _post(local.url, relative).status_code == 400
+        for value, words in refused.items():
+            response = _post(local.url, clip_request(value))
+            assert response.status_code == 400 and words in response.json()["error"]["message"], (value, response.text)
+    with pytest.raises(ConfigError, match="go together"):
+        ServeSettings(model="tiny", allow_local_files=True).check()
 
 
 def test_four_users_at_once_get_their_own_answers(client, live_server, serve_clips, monkeypatch):
@@ -308,7 +346,7 @@ def test_four_users_at_once_get_their_own_answers(client, live_server, serve_cli
     for t in threads:
         t.join(timeout=120)
     assert all(r is not None for r in results)
-    assert peak[0] <= service.concurrency
+    assert peak[0] <= service.settings.concurrency
     for (name, _, _, _, (frames, duration, audio)), (answer, info) in zip(jobs, results):
         assert (info["frames"], info["audio_used"]) == (frames, audio), name
         assert info["duration"] == pytest.approx(duration, abs=0.05), name
@@ -318,15 +356,62 @@ def test_four_users_at_once_get_their_own_answers(client, live_server, serve_cli
     assert len({a for a, _ in results}) == len(jobs)  # different clips and questions, different answers
 
 
-def test_a_client_that_goes_away_frees_its_slot(live_server, serve_clips):
-    service = live_server.service
-    body = {"model": "tiny", "messages": [video_message(serve_clips["av"])], "max_tokens": 64, "stream": True}
-    with httpx.stream("POST", live_server.url + "/v1/chat/completions", json=body, timeout=60) as response:
-        next(response.iter_lines())
-    deadline = time.monotonic() + 10
-    while service.gate._value != service.concurrency and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert service.gate._value == service.concurrency
+@pytest.fixture
+def slow_answers(live_server, monkeypatch):
+    """Answers of the tiny model at 20 words a second (a real model's pace), so a client can leave mid-answer."""
+    real_stream = live_server.service.model.stream
+
+    def slow_stream(*args, **kwargs):
+        for piece in real_stream(*args, **kwargs):
+            time.sleep(0.05)
+            yield piece
+
+    monkeypatch.setattr(live_server.service.model, "stream", slow_stream)
+    return live_server.service
+
+
+def until(condition, seconds: float) -> float:
+    """Seconds until condition() held (polled every 20 ms), or inf after `seconds`."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if condition():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    return float("inf")
+
+
+def send_raw(url: str, body: dict) -> socket.socket:
+    """A POST written on a bare socket, so the test can hang up at any moment."""
+    address = httpx.URL(url)
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((address.host, address.port))
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address.host}:{address.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_leaves_mid_answer_frees_its_slot_within_a_second(live_server, serve_clips, slow_answers, stream):
+    slots = slow_answers.slots
+    body = {"model": "tiny", "messages": [video_message(serve_clips["av"])], "max_tokens": 64, "stream": stream}
+    sock = send_raw(live_server.url, body)
+    assert until(lambda: slots.active == 1, 30) < 30
+    time.sleep(0.5)  # mid-answer: 64 words take 3 s
+    sock.close()  # the client goes away
+    assert until(lambda: slots.active == 0, 5) <= 1.0
+
+
+def test_a_client_that_leaves_while_waiting_leaves_the_line(live_server, serve_clips):
+    slots = live_server.service.slots
+    body = {"model": "tiny", "messages": [video_message(serve_clips["av"])], "max_tokens": 4}
+    with slots.hold(), slots.hold():  # every slot taken
+        sock = send_raw(live_server.url, body)
+        assert until(lambda: slots.queued == 1, 30) < 30
+        sock.close()
+        assert until(lambda: slots.queued == 0, 5) <= 1.0
 
 
 @pytest.mark.slow

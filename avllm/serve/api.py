@@ -1,62 +1,54 @@
 """An OpenAI-compatible API under /v1: `POST /v1/chat/completions` and `GET /v1/models`.
 
-The official `openai` client works unchanged. A request carries its clip as a content part
-of a user message:
+The official `openai` client works unchanged. A user message carries the one clip of the
+conversation as a `video_url` part (a base64 `data:` URL; an http(s) URL, fetched from public
+addresses only; or, when the server allows it, a file under its media folder) or an
+`input_audio` part (base64 wav or mp3). Answers are standard `chat.completion` objects or
+server-sent chunks, plus an `avllm` field saying what the answer was built from. Errors are
+OpenAI-style objects with a 4xx status, never a 500 for what a client sent; 429 with
+Retry-After when every slot and place in line is taken.
 
-* `{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,..."}}` (the value may
-  also be the URL string itself). An `http(s)://` URL is fetched (400 when it cannot be);
-  a local path (`/abs/file.mp4` or `file://...`) only when the server runs with
-  `--allow-local-files`.
-* `{"type": "input_audio", "input_audio": {"data": "<base64>", "format": "wav" | "mp3"}}`.
-
-The rule for conversations: exactly one clip (video_url or input_audio) per conversation, in
-any one user message (clients resend it with each request, as with images). The model sees
-it at the start of the first user turn; earlier user/assistant messages become the history
-and the last message, a user message, is the question. A request without a clip is refused
-with 400: this model answers questions about a clip.
-
-Answers are standard `chat.completion` objects (or `chat.completion.chunk` server-sent
-events ending with `data: [DONE]`), plus a top-level `avllm` field with what the answer was
-built from: frames and their times, whether audio was used and for how many seconds, the
-clip's duration, what was truncated, warnings and timings. When streaming it rides on the
-last chunk. Extra request fields: `frames` (how many frames to sample; `extra_body` in the
-openai client).
-
-Errors are OpenAI-style `{"error": {"message", "type", "param", "code"}}`: 400 for bad
-input (a bad file, a missing clip, an unfetchable URL), 413 for a clip over the size limit,
-422 for a request that does not fit the schema, 404 for an unknown model. Never a 500 for
-something the client sent.
+The request rules, the error statuses and how to run the server safely: docs/api.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
+import os
+import re
+import tempfile
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlsplit
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from starlette.concurrency import iterate_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from ..errors import AVLLMError
 from ..inference import ChatReport, ChatSettings
 from ..prompt import Message
-from .session import ChatService, StoredClip, UploadTooLarge, report_dict
+from .fetch import Fetcher, FetchRefused, local_file
+from .security import error_body
+from .session import Busy, ChatService, Stopped, UploadTooLarge, Watch, report_dict
+from .settings import ServeSettings
 
 log = logging.getLogger("avllm.serve")
 
-FETCH_TIMEOUT = 15.0  # seconds for an http(s) video_url
 DEFAULT_MAX_TOKENS = 256  # when a request sets neither max_tokens nor max_completion_tokens
+LIFT_MIN = 64 * 1024  # base64 strings this long are decoded to a file before the JSON is parsed
+B64_CHUNK = 2**20  # characters of base64 decoded at a time (a multiple of 4)
 SUFFIXES = {  # MIME type of a data: URL -> file suffix (PyAV probes the content; this only helps)
     "video/mp4": ".mp4",
     "video/webm": ".webm",
@@ -141,12 +133,10 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large", 422: "invalid_request_error"}
-    body = {
-        "error": {"message": message, "type": kind.get(status, "invalid_request_error"), "param": param, "code": code}
-    }
-    return JSONResponse(body, status_code=status)
+def error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None
+) -> Response:
+    return Response(error_body(status, message, code, param), status, headers, media_type="application/json")
 
 
 def describe(exc: ValidationError, where: str = "") -> str:
@@ -231,110 +221,240 @@ def split_messages(messages: list[ChatMessage]) -> tuple[Media, list[Message], s
     return media[0], turns[:-1], turns[-1]["content"]
 
 
-def decode_base64(data: str, service: ChatService, where: str) -> bytes:
-    """Base64 to bytes, refusing (413) what would decode to more than the upload limit before decoding."""
-    service.check_size(len(data) * 3 // 4 - 2, where)
+# ---------------------------------------------------------------------------- the body, bounded
+
+
+@dataclass
+class Uploads:
+    """The request's clips written to temporary files; `placeholders` maps the text that stands for
+    a lifted base64 string in the parsed body to its file. Deleted when the request ends."""
+
+    placeholders: dict[str, Path] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def new_file(self, suffix: str) -> tuple[int, Path]:
+        fd, name = tempfile.mkstemp(suffix=suffix, prefix="avllm-upload-")
+        self.files.append(Path(name))
+        return fd, Path(name)
+
+    def write_base64(self, data: bytes | bytearray | memoryview | str, suffix: str, limit: int, where: str) -> Path:
+        """Base64 decoded into a new file a chunk at a time, refused (413) past `limit` before decoding."""
+        view = memoryview(data.encode("ascii", "replace") if isinstance(data, str) else data)
+        padding = bytes(view[-2:]).count(b"=") if len(view) else 0
+        size = len(view) * 3 // 4 - padding
+        if size > limit:
+            raise UploadTooLarge(
+                f"{where}: the clip is {size / 2**20:.1f} MiB, over this server's limit of {limit / 2**20:g} MiB; "
+                "cut or re-encode it smaller"
+            )
+        fd, path = self.new_file(suffix)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for start in range(0, len(view), B64_CHUNK):
+                    out.write(base64.b64decode(view[start : start + B64_CHUNK], validate=True))
+        except (binascii.Error, ValueError):
+            raise ApiError(
+                400, f"{where}: the data is not valid base64; encode the file's bytes with base64", param=where
+            ) from None
+        return path
+
+    def cleanup(self) -> None:
+        for path in self.files:
+            path.unlink(missing_ok=True)
+
+
+# A long base64 string in a media field: `"url": "data:video/mp4;base64,AAAA..."` or `"data": "AAAA..."`.
+# (One character class repeated: a repeated group would make the regex engine keep state per repeat.)
+LIFT = re.compile(
+    rb'"(url|video_url|data)"\s*:\s*"(data:([\w.+-]+/[\w.+-]+)(?:;[\w.+-]+=[\w.+-]+)*;base64,)?'
+    rb'([A-Za-z0-9+/]{%d,}={0,2})"' % LIFT_MIN
+)
+
+
+def lift_media(body: bytearray, uploads: Uploads, limit: int) -> bytes:
+    """The body with each long base64 media string decoded into a file and replaced by a placeholder,
+    so a clip is never held as a JSON string, its bytes and its base64 at once."""
+    view, token = memoryview(body), uuid.uuid4().hex
+
+    def lift(match: re.Match) -> bytes:
+        key, prefix, mime = match.group(1), match.group(2), match.group(3)
+        if (key != b"data" and not prefix) or (match.end(4) - match.start(4)) % 4:
+            return match.group(0)  # not a data: URL, or not base64: the parser says what is wrong with it
+        suffix = SUFFIXES.get(mime.decode().lower(), "") if mime else ""
+        placeholder = f"avllm-upload:{token}:{len(uploads.placeholders)}"
+        where = f"the {key.decode()} field"
+        uploads.placeholders[placeholder] = uploads.write_base64(
+            view[match.start(4) : match.end(4)], suffix, limit, where
+        )
+        return b'"%s": "%s"' % (key, placeholder.encode())
+
     try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(
-            400, f"{where}: the data is not valid base64; encode the file's bytes with base64", param=where
-        ) from None
+        return LIFT.sub(lift, body)
+    finally:
+        view.release()
+
+
+async def read_body(request: Request, limit: int) -> bytearray:
+    """The body, counted as it arrives (the Guard middleware refuses it past the limit too)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"the request body is over this server's limit of {limit / 2**20:.1f} MiB")
+    return body
+
+
+def parse_body(raw: bytes) -> ChatRequest:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc}); send a JSON object") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply; send a plain chat request") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, f"the request body must be a JSON object, not {type(body).__name__}")
+    check_text(body)
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(422, describe(exc)) from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply; send a plain chat request") from None
+
+
+def check_text(body: Any) -> None:
+    """Refuse strings that are not valid Unicode (a lone surrogate from a \\ud800 escape): no
+    tokenizer or JSON encoder takes them."""
+    todo = [body]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(
+                    400, "the request holds text that is not valid Unicode (a lone surrogate); send UTF-8 text"
+                ) from None
+
+
+# ---------------------------------------------------------------------------- media part -> file
 
 
 class ClipLoader:
-    """Turns a request's media part into an encoded clip (runs in a worker thread: it blocks)."""
+    """A request's media part as a file: its own bytes, a fetched URL, or a file in the allowed folder."""
 
-    def __init__(self, service: ChatService, allow_local_files: bool, allow_remote_urls: bool):
+    def __init__(self, service: ChatService, settings: ServeSettings):
         self.service = service
-        self.allow_local_files = allow_local_files
-        self.allow_remote_urls = allow_remote_urls
+        self.settings = settings
+        self.fetcher = Fetcher(settings)
+        self.limit = int(service.settings.max_upload_mb * 2**20)
 
-    def __call__(self, media: Media, frames: int | None) -> tuple[StoredClip, bool]:
+    async def file(self, media: Media, uploads: Uploads, watch: Watch) -> tuple[Path, str]:
+        """The clip's file and what to call it in messages."""
+        where = media.where
+        if media.value in uploads.placeholders:
+            return uploads.placeholders[media.value], f"the {media.kind} at {where}"
         if media.kind == "input_audio":
-            data = decode_base64(media.value, self.service, media.where)
-            return self.service.clip_from_bytes(
-                data, "." + (media.audio_format or "wav"), frames, f"the input_audio at {media.where}"
+            path = await anyio.to_thread.run_sync(
+                uploads.write_base64, media.value, "." + (media.audio_format or "wav"), self.limit, where
             )
+            return path, f"the input_audio at {where}"
         url = media.value.strip()
         if url.startswith("data:"):
             head, sep, payload = url.partition(",")
             if not sep or not head.endswith(";base64"):
                 raise ApiError(
-                    400,
-                    f"{media.where}: a data: URL must be base64, like data:video/mp4;base64,AAAA...",
-                    param=media.where,
+                    400, f"{where}: a data: URL must be base64, like data:video/mp4;base64,AAAA...", param=where
                 )
-            mime = head[5:].split(";")[0].lower()
-            data = decode_base64(payload, self.service, media.where)
-            return self.service.clip_from_bytes(data, SUFFIXES.get(mime, ""), frames, f"the video_url at {media.where}")
-        scheme = urlparse(url).scheme.lower()
+            suffix = SUFFIXES.get(head[5:].split(";")[0].lower(), "")
+            path = await anyio.to_thread.run_sync(uploads.write_base64, payload, suffix, self.limit, where)
+            return path, f"the video_url at {where}"
+        shown = url if len(url) <= 200 else url[:200] + "..."
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError as exc:
+            raise ApiError(400, f"{where}: the URL is malformed ({exc})", param=where) from None
         if scheme in ("http", "https"):
-            return self.fetch(url, media.where, frames)
-        if scheme == "file" or (scheme == "" and url):
-            path = unquote(urlparse(url).path) if scheme == "file" else url
-            if not self.allow_local_files:
-                raise ApiError(
-                    400,
-                    f"{media.where}: local file paths are turned off on this server; send the clip as a "
-                    "data: URL (base64), or start the server with --allow-local-files",
-                    param=media.where,
-                )
-            if not Path(path).is_absolute():
-                raise ApiError(400, f"{media.where}: {path}: give an absolute path on the server", param=media.where)
-            return self.service.clip_from_path(path, frames, name=path)
+            try:
+                path = await self.fetcher.fetch(url, watch.deadline)
+            except FetchRefused as exc:
+                raise ApiError(400, f"{where}: could not fetch {shown}: {exc}", param=where) from None
+            except UploadTooLarge as exc:
+                raise UploadTooLarge(f"{where}: {shown}: {exc}") from None
+            uploads.files.append(path)
+            return path, shown
+        if scheme == "file" or (not scheme and url):
+            try:
+                return await anyio.to_thread.run_sync(local_file, url, self.settings), shown
+            except FetchRefused as exc:
+                raise ApiError(400, f"{where}: {exc}", param=where) from None
         raise ApiError(
             400,
-            f"{media.where}: unsupported URL scheme {scheme!r}; send a data: URL (base64) or an http(s) URL",
-            param=media.where,
+            f"{where}: unsupported URL scheme {scheme[:20]!r}; send a data: URL (base64) or an http(s) URL",
+            param=where,
         )
 
-    def fetch(self, url: str, where: str, frames: int | None) -> tuple[StoredClip, bool]:
-        import httpx
 
-        if not self.allow_remote_urls:
-            raise ApiError(
-                400,
-                f"{where}: fetching URLs is turned off on this server; send the clip as a data: URL (base64)",
-                param=where,
-            )
-        limit = self.service.limits.max_upload_mb * 2**20
-        chunks, size = [], 0
+# ---------------------------------------------------------------------------- blocking work in a thread
+
+
+class Job:
+    """A request's blocking work (encode, answer) in its own thread, reporting to the event loop.
+
+    Events: ("ready",) once a generation slot is held, ("piece", text), ("done",), ("error", exc).
+    """
+
+    def __init__(self, work: Callable[[Callable[..., None]], None]):
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[tuple] = asyncio.Queue()
+        threading.Thread(target=self._run, args=(work,), daemon=True, name="avllm-answer").start()
+
+    def _run(self, work: Callable[[Callable[..., None]], None]) -> None:
         try:
-            with httpx.stream("GET", url, timeout=FETCH_TIMEOUT, follow_redirects=True) as response:
-                if response.status_code != 200:
-                    raise ApiError(
-                        400,
-                        f"{where}: could not fetch {url}: the server answered HTTP {response.status_code}; "
-                        "check the URL or send the clip as a data: URL (base64)",
-                        param=where,
-                    )
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise UploadTooLarge(
-                            f"{url}: the clip is over this server's limit of "
-                            f"{self.service.limits.max_upload_mb:g} MiB; cut or re-encode it smaller"
-                        )
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise ApiError(
-                400,
-                f"{where}: could not fetch {url} ({type(exc).__name__}: {exc or 'no details'}); check the URL "
-                "or send the clip as a data: URL (base64)",
-                param=where,
-            ) from None
-        return self.service.clip_from_bytes(b"".join(chunks), Path(urlparse(url).path).suffix.lower(), frames, url)
+            work(self._emit)
+            self._emit("done")
+        except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which answers with it
+            self._emit("error", exc)
+
+    def _emit(self, *event: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop has closed: the server is gone
+            pass
+
+    async def next(self) -> tuple:
+        event = await self.events.get()
+        if event[0] == "error":
+            raise event[1]
+        return event
+
+
+async def until_disconnected(request: Request, watch: Watch, scope: anyio.CancelScope) -> None:
+    """Set the watch and cancel the handler when the client goes away."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            watch.cancel.set()
+            scope.cancel()
+            return
 
 
 # ---------------------------------------------------------------------------- the router
 
 
-def build_router(service: ChatService, allow_local_files: bool = False, allow_remote_urls: bool = True) -> APIRouter:
+def build_router(service: ChatService, settings: ServeSettings) -> APIRouter:
+    """The /v1 routes; `settings` are the server's (where clips may come from), the limits the service's."""
     router = APIRouter(prefix="/v1", tags=["openai"])
-    loader = ClipLoader(service, allow_local_files, allow_remote_urls)
+    loader = ClipLoader(service, settings)
+    limits = service.settings
     created = int(time.time())
     served = {service.model_id, service.model.config.name}
+    metrics = service.metrics
 
     def model_card() -> dict:
         return {"id": service.model_id, "object": "model", "created": created, "owned_by": "avllm"}
@@ -348,7 +468,7 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
         if model_id not in served:
             return error_response(
                 404,
-                f"model {model_id!r} is not served here; this server serves {service.model_id!r}",
+                f"model {model_id[:100]!r} is not served here; this server serves {service.model_id!r}",
                 param="model",
                 code="model_not_found",
             )
@@ -356,65 +476,120 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
 
     @router.post("/chat/completions")
     async def chat_completions(request: Request):
+        watch = Watch.after(limits.request_timeout)
+        uploads = Uploads()
+        response = None
         try:
-            return await answer(request)
+            try:  # read before watching for the client leaving: both read the same ASGI messages
+                raw = [await read_body(request, limits.max_body_bytes)]
+            except ApiError as exc:
+                return error_response(exc.status, exc.message, exc.param, exc.code)
+            except ClientDisconnect:
+                return Response(status_code=499)
+            async with anyio.create_task_group() as group:  # no exception may leave it (it would come as a group)
+                group.start_soon(until_disconnected, request, watch, group.cancel_scope)
+                response = await answer_or_error(raw, watch, uploads)
+                group.cancel_scope.cancel()
+        finally:
+            if not isinstance(response, StreamingResponse):  # a stream deletes its files when it ends
+                uploads.cleanup()
+        return response or Response(status_code=499)  # the client went away: nobody reads this
+
+    async def answer_or_error(raw: list[bytearray], watch: Watch, uploads: Uploads) -> Response:
+        try:
+            return await answer(raw, watch, uploads)
         except ApiError as exc:
             return error_response(exc.status, exc.message, exc.param, exc.code)
         except UploadTooLarge as exc:
             return error_response(413, str(exc), code="clip_too_large")
-        except AVLLMError as exc:  # MediaError and the like: the client's input
+        except Busy as exc:
+            return error_response(429, str(exc), code="server_busy", headers={"Retry-After": str(exc.retry_after)})
+        except Stopped as exc:
+            return error_response(408, str(exc), code="timeout")
+        except AVLLMError as exc:  # MediaError, PromptTooLong and the like: the client's input
             return error_response(400, str(exc))
 
-    async def answer(request: Request):
-        req = await parse_request(request, service)
+    async def answer(raw: list[bytearray], watch: Watch, uploads: Uploads) -> Response:
+        """`raw` holds the body, popped in the worker thread so that it is freed once its clips are lifted."""
+        started = time.perf_counter()
+        service.slots.check_room()
+        req = await anyio.to_thread.run_sync(lambda: parse_body(lift_media(raw.pop(), uploads, loader.limit)))
         if req.model and req.model not in served:
             raise ApiError(
                 404,
-                f"model {req.model!r} is not served here; this server serves {service.model_id!r} (GET /v1/models)",
+                f"model {req.model[:100]!r} is not served here; this server serves {service.model_id!r} "
+                "(GET /v1/models)",
                 param="model",
                 code="model_not_found",
             )
         media, history, question = split_messages(req.messages)
-        settings = ChatSettings(
+        chat = ChatSettings(
             max_new_tokens=req.max_completion_tokens
             or req.max_tokens
-            or min(DEFAULT_MAX_TOKENS, service.limits.max_new_tokens),
+            or min(DEFAULT_MAX_TOKENS, limits.max_new_tokens),
             temperature=req.temperature if req.temperature is not None else 0.0,
         )
-        service.check_settings(settings)
-        clip, reused = await anyio.to_thread.run_sync(loader, media, req.frames)
-        prompt_tokens = service.prompt_tokens(clip, history, question)
+        service.check_settings(chat)
+        path, name = await loader.file(media, uploads, watch)
+        report, used = ChatReport(), {}  # used: the clip and whether it was reused, set by the job
+
+        def work(emit: Callable[..., None]) -> None:
+            clip, reused = service.clip_from_path(path, req.frames, name, watch)
+            used.update(clip=clip, reused=reused)
+            first = True
+            for piece in service.stream(clip, question, history, chat, report, reused, watch, lambda: emit("ready")):
+                if piece:  # the detokenizer holds back partial words as empty pieces
+                    if first:
+                        metrics.first_token.observe(time.perf_counter() - started)
+                        first = False
+                    emit("piece", piece)
+            metrics.latency.observe(time.perf_counter() - started)
+
+        job = Job(work)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": service.model_id}
-        report = ChatReport()
-        pieces = service.stream(clip, question, history, settings, report, reused)
-        if req.stream:
-            return StreamingResponse(
-                events(pieces, meta, report, reused, prompt_tokens, settings),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
         try:
-            await anyio.to_thread.run_sync(lambda: [None for _ in pieces])
-        finally:
-            pieces.close()
+            event = await job.next()
+            if req.stream:  # the slot is held (or the answer done): the status is 200 from here on
+                return StreamingResponse(
+                    events(job, event, meta, report, used, chat, watch, uploads),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+            while event[0] != "done":
+                event = await job.next()
+        except BaseException:
+            watch.cancel.set()  # the job stops at its next word, or leaves the line
+            raise
         completion = report.tokens.get("generated", 0)
-        return {
-            **meta,
-            "object": "chat.completion",
-            "choices": [
+        return Response(
+            json.dumps(
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": report.answer},
-                    "finish_reason": finish_reason(completion, settings),
-                    "logprobs": None,
+                    **meta,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": report.answer},
+                            "finish_reason": finish_reason(completion, chat),
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": usage(report.tokens.get("prompt", 0), completion),
+                    "avllm": report_dict(report, used["clip"], used["reused"]),
                 }
-            ],
-            "usage": usage(prompt_tokens, completion),
-            "avllm": report_dict(report, reused),
-        }
+            ),
+            media_type="application/json",
+        )
 
     async def events(
-        pieces: Iterator[str], meta: dict, report: ChatReport, reused: bool, prompt_tokens: int, settings: ChatSettings
+        job: Job,
+        event: tuple,
+        meta: dict,
+        report: ChatReport,
+        used: dict,
+        chat: ChatSettings,
+        watch: Watch,
+        uploads: Uploads,
     ) -> AsyncIterator[str]:
         def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
             body = {
@@ -427,19 +602,20 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
 
         try:
             yield chunk({"role": "assistant", "content": ""})
-            async for piece in iterate_in_threadpool(pieces):
-                if not piece:  # the detokenizer holds back partial words as empty pieces
-                    continue
-                yield chunk({"content": piece})
+            while event[0] != "done":
+                if event[0] == "piece":
+                    yield chunk({"content": event[1]})
+                event = await job.next()
             completion = report.tokens.get("generated", 0)
             yield chunk(
                 {},
-                finish_reason(completion, settings),
-                usage=usage(prompt_tokens, completion),
-                avllm=report_dict(report, reused),
+                finish_reason(completion, chat),
+                usage=usage(report.tokens.get("prompt", 0), completion),
+                avllm=report_dict(report, used["clip"], used["reused"]),
             )
         except Exception as exc:  # after the headers went out, an error can only be an event
-            log.exception("generation failed")
+            if not isinstance(exc, AVLLMError):
+                log.error("generation failed", exc_info=exc)
             message = (
                 str(exc)
                 if isinstance(exc, AVLLMError)
@@ -448,8 +624,8 @@ def build_router(service: ChatService, allow_local_files: bool = False, allow_re
             error = {"message": message, "type": "server_error", "param": None, "code": None}
             yield f"data: {json.dumps({'error': error})}\n\n"
         finally:
-            with anyio.CancelScope(shield=True):  # a client that went away: stop generating, free the slot
-                await anyio.to_thread.run_sync(pieces.close)
+            watch.cancel.set()  # a client that went away: the job stops at its next word and frees the slot
+            uploads.cleanup()
         yield "data: [DONE]\n\n"
 
     return router
@@ -461,30 +637,3 @@ def finish_reason(completion_tokens: int, settings: ChatSettings) -> str:
 
 def usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-async def parse_request(request: Request, service: ChatService) -> ChatRequest:
-    """The JSON body as a ChatRequest: 413 when far over the upload limit, 400 for bad JSON, 422 for the schema."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > service.limits.max_upload_mb * 2**20 * 4 / 3 + 2**20:
-        raise ApiError(
-            413,
-            f"the request is {int(length) / 2**20:.1f} MiB, over this server's clip limit of "
-            f"{service.limits.max_upload_mb:g} MiB (base64 makes a clip a third larger)",
-            code="clip_too_large",
-        )
-    raw = await request.body()
-    return await anyio.to_thread.run_sync(parse_body, raw)  # a clip's base64 can be megabytes of JSON
-
-
-def parse_body(raw: bytes) -> ChatRequest:
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON ({exc}); send a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(422, f"the request body must be a JSON object, not {type(body).__name__}")
-    try:
-        return ChatRequest.model_validate(body)
-    except ValidationError as exc:
-        raise ApiError(422, describe(exc)) from None

@@ -7,74 +7,75 @@ use `BackgroundServer` to run the same app on a free port in a thread.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import REPO_ROOT, default_model
-from ..errors import ConfigError
+from .settings import ServeSettings, ui_logins
 
 log = logging.getLogger("avllm.serve")
-
-SHARED_CLIPS = REPO_ROOT.parent / "shared" / "clips"  # example clips for the UI, when present
-
-
-@dataclass
-class ServeSettings:
-    host: str = "127.0.0.1"  # 0.0.0.0 exposes the server to the network: the API has no authentication
-    port: int = 7860
-    model: str = field(default_factory=default_model)  # preset name, YAML file or checkpoint folder
-    concurrency: int = 2  # answers generated at once (UI and API together); others wait in a queue
-    max_upload_mb: float = 200.0  # per clip, whichever way it arrives
-    max_duration: float = 600.0  # seconds per clip
-    max_new_tokens: int = 1024  # the most tokens one answer may ask for
-    allow_local_files: bool = False  # let API requests name files on the server (video_url: /path or file://)
-    allow_remote_urls: bool = True  # let API requests name http(s) URLs, which the server fetches
-    cache_size: int = 16  # encoded clips kept (LRU)
-    examples_dir: str | None = str(SHARED_CLIPS)  # example clips shown under the upload box
-
-    def check(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"--port {self.port}: choose a port between 1 and 65535")
-        for name in ("concurrency", "max_upload_mb", "max_duration", "max_new_tokens", "cache_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
 
 
 def build_service(settings: ServeSettings, model=None):  # noqa: ANN001 - an AVLLM, loaded here when None
     from ..model import AVLLM
-    from .session import ChatService, Limits
+    from .session import ChatService
 
     if model is None:
         start = time.perf_counter()
         model = AVLLM.load(settings.model)
         log.warning("model %s loaded in %.1f s", settings.model, time.perf_counter() - start)
     model.eval()
-    limits = Limits(settings.max_upload_mb, settings.max_duration, settings.max_new_tokens)
     model_id = model.config.name if Path(settings.model).exists() else settings.model
-    return ChatService(model, limits, settings.concurrency, settings.cache_size, model_id=model_id)
+    return ChatService(model, settings, model_id=model_id)
+
+
+def ui_login(spec: str):  # noqa: ANN201 - Gradio's auth callable
+    """Gradio's login check for `--ui-auth`: every password compared in constant time."""
+    logins = ui_logins(spec)
+
+    def check(user: str, password: str) -> bool:
+        found = False
+        for name, secret in logins:
+            found |= hmac.compare_digest(name.encode(), user.encode()) & hmac.compare_digest(
+                secret.encode(), password.encode()
+            )
+        return found
+
+    return check
 
 
 def build_app(settings: ServeSettings, service=None, model=None):  # noqa: ANN001
-    """The FastAPI app: /v1 first, then the Gradio UI mounted at / (routes match in that order)."""
+    """The app: /health, /metrics and /v1 first, then the Gradio UI mounted at / (routes match in
+    that order), all behind the Guard middleware (Host, API key, origin, content type, body size)."""
     import gradio as gr
     from fastapi import FastAPI
+    from fastapi.responses import Response
 
     from .api import build_router
+    from .security import Guard
     from .ui import CSS, build_ui
 
     settings.check()
     service = service or build_service(settings, model)
     app = FastAPI(title="avllm", description="Chat about videos: the Gradio UI at /, an OpenAI-compatible API at /v1")
-    app.include_router(build_router(service, settings.allow_local_files, settings.allow_remote_urls))
-    app.state.service = service
-    examples = settings.examples_dir if settings.examples_dir and Path(settings.examples_dir).is_dir() else None
-    demo = build_ui(service, examples, settings.concurrency)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": service.model_id}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.include_router(build_router(service, settings))
+    demo = build_ui(service, settings.examples_dir)
     # Gradio refuses uploads over max_file_size with its own message; the limit here is looser so
     # a clip somewhat over the limit reaches ChatService and gets a sentence in the chat instead.
+    upload_mb = int(2 * settings.max_upload_mb) + 1
     app = gr.mount_gradio_app(
         app,
         demo,
@@ -83,25 +84,42 @@ def build_app(settings: ServeSettings, service=None, model=None):  # noqa: ANN00
         server_port=settings.port,
         footer_links=["api"],
         run_history=False,
-        allowed_paths=[examples] if examples else None,
-        max_file_size=f"{int(4 * settings.max_upload_mb) + 1}mb",
+        allowed_paths=[settings.examples_dir] if settings.examples_dir else None,
+        max_file_size=f"{upload_mb}mb",
+        auth=ui_login(settings.ui_auth) if settings.ui_auth else None,
         ssr_mode=False,
         mcp_server=False,
         css=CSS,
         show_error=False,
     )
+    # mount_gradio_app leaves this unset, and then Gradio skips its check that a file a client
+    # names was uploaded through Gradio: any file on the server could be read through the UI's API.
+    demo.has_launched = True
     app.state.service = service
-    return app
+    return Guard(app, settings, service.metrics, upload_limit=upload_mb * 2**20 + 2**20)
 
 
 def serve(settings: ServeSettings, model=None) -> None:  # noqa: ANN001
+    """Serve until SIGTERM or Ctrl-C. On SIGTERM it stops taking connections, lets the answers in
+    flight finish (up to shutdown_timeout) and returns, so the process exits 0."""
     import uvicorn
 
     settings.check()
+    for line in settings.warnings():
+        log.warning("warning: %s", line)
     app = build_app(settings, model=model)
     where = f"http://{settings.host}:{settings.port}"
     log.warning("avllm serving %s: UI at %s/ , API at %s/v1", settings.model, where, where)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+    )
+    # uvicorn catches SIGTERM, shuts down gracefully, then raises it again: handled, it ends here.
+    signal.signal(signal.SIGTERM, lambda *_: log.warning("avllm stopped (SIGTERM)"))
+    uvicorn.Server(config).run()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -120,7 +138,7 @@ class BackgroundServer:
             settings.port = free_port(settings.host)
         self.settings = settings
         self.app = build_app(settings, service=service, model=model)
-        self.service = self.app.state.service
+        self.service = self.app.app.state.service
         config = uvicorn.Config(
             self.app,
             host=settings.host,

@@ -17,11 +17,11 @@ import gradio as gr
 
 from ..errors import AVLLMError
 from ..inference import ChatReport, ChatSettings, model_warnings
-from .session import MAX_FRAMES, ChatService, StoredClip
+from .session import ChatService, StoredClip
 
 log = logging.getLogger("avllm.serve")
 
-EXAMPLES = [  # (file in the shared clips folder, question)
+EXAMPLES = [  # (file in the examples folder, `avllm serve --examples DIR`, question)
     ("videollama-dog_barking.mp4", "What animal is in the video, and what sound can be heard?"),
     ("gradio-muted_video_sample.mp4", "Describe what happens. Is there any sound?"),
     ("whisper-jfk.flac", "What does the speaker say?"),
@@ -103,10 +103,10 @@ def plain_error(exc: BaseException) -> str:
     )
 
 
-def build_ui(service: ChatService, examples_dir: str | Path | None = None, concurrency: int | None = None) -> gr.Blocks:
+def build_ui(service: ChatService, examples_dir: str | Path | None = None) -> gr.Blocks:
     model = service.model
     media = model.config.media
-    limits = service.limits
+    limits = service.settings
     caveats = "".join(f"\n\n> **Note:** {w}" for w in model_warnings(model))
 
     def load_clip(path: str | None, frames: float):
@@ -183,7 +183,7 @@ def build_ui(service: ChatService, examples_dir: str | Path | None = None, concu
                 with gr.Accordion("Settings", open=False):
                     frames = gr.Slider(
                         1,
-                        max(MAX_FRAMES // 2, media.num_frames),
+                        max(limits.max_frames // 2, media.num_frames),
                         value=media.num_frames,
                         step=1,
                         label="Frames",
@@ -223,5 +223,5 @@ def build_ui(service: ChatService, examples_dir: str | Path | None = None, concu
         )
         clear.click(lambda: ([], []), None, [chatbot, turns], api_name="clear", queue=False)
 
-    demo.queue(default_concurrency_limit=concurrency or service.concurrency)
+    demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.max_queue + limits.concurrency)
     return demo
