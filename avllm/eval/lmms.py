@@ -58,7 +58,7 @@ class AVLLMLmms(lmms):
         frames: int | None = None,
         device: str | None = None,
         batch_size: int | str = 16,
-        max_batch_size: int | None = None,
+        max_batch_size: int | None = None,  # lmms-eval passes --max_batch_size; batch_size alone batches here
         **unknown: Any,
     ) -> None:
         super().__init__()
