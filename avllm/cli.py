@@ -109,9 +109,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .card import CARD_FILE, model_card
     from .model import export_checkpoint
 
-    for path in export_checkpoint(args.model, args.out, args.dtype):
+    card = model_card(args.model, args.out, args.eval)
+    files = export_checkpoint(args.model, args.out, args.dtype)
+    card.save(Path(args.out) / CARD_FILE)
+    for path in [*files, Path(args.out) / CARD_FILE]:
         print(f"{path}  {path.stat().st_size / 1e6:.2f} MB")
     return 0
 
@@ -263,11 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_convert)
 
     export = sub.add_parser(
-        "export", help="copy a checkpoint's trained weights (projectors, LoRA) for shipping, in half precision"
+        "export",
+        help="copy a checkpoint's trained weights (projectors, LoRA) for shipping, in half precision, "
+        "with a model card (README.md) for the hub",
     )
     export.add_argument("--model", required=True, help="checkpoint folder (a training run's output_dir)")
     export.add_argument("--out", required=True, help="folder to write, e.g. weights/starter")
     export.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    export.add_argument(
+        "--eval",
+        action="append",
+        metavar="FILE",
+        help="an `avllm eval --out` report for the model card (repeatable; default: reports in the checkpoint folder)",
+    )
     export.set_defaults(func=cmd_export)
 
     add_serve_parser(sub)

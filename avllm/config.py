@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin,
 
 import yaml
 
+from . import hub
 from .errors import ConfigError, ModelLoadError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -293,8 +294,8 @@ def list_presets() -> list[str]:
 
 
 def load_model_config(spec: str) -> ModelConfig:
-    """A preset name, a YAML file or a checkpoint folder's avllm_config.json."""
-    path = Path(spec)
+    """A preset name, a YAML file or a checkpoint folder's avllm_config.json (a local folder or hf:ORG/NAME)."""
+    path = Path(hub.resolve(spec))
     if path.is_dir():
         cfg_file = path / "avllm_config.json"
         if not cfg_file.is_file():

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from . import hub
 from .config import ModelConfig, load_model_config, to_dict
 from .errors import ConfigError, SpliceError
 from .llm import DTYPES, LoadedLLM, load_llm, resolve_dtype
@@ -116,7 +117,8 @@ class AVLLM(nn.Module):
 
     @classmethod
     def load(cls, spec: str, device: str | None = None) -> AVLLM:
-        """A preset name, a YAML file or a checkpoint folder."""
+        """A preset name, a YAML file, a checkpoint folder or a checkpoint on the hub (hf:ORG/NAME)."""
+        spec = hub.resolve(spec)
         if (Path(spec) / CONFIG_FILE).is_file():
             return cls.from_pretrained(spec, device)
         return cls.from_config(load_model_config(spec), device)
