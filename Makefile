@@ -33,8 +33,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Reproduce weights/starter from scratch (synthetic data, align, instruct, export, then DPO and
-# three held-out evaluations): 31 minutes to weights/starter on 2 quiet Intel cores with AMX (52 on
+# Reproduce avllm/weights/starter from scratch (synthetic data, align, instruct, export, then DPO and
+# three held-out evaluations): 31 minutes to the weights on 2 quiet Intel cores with AMX (52 on
 # a busy host, 45.5 to 47 on 2 AMD EPYC cores without AMX), 10 more for DPO, then 8 to 12 minutes per
 # evaluation; the figures land in runs/eval-*.md.
 starter-weights: $(STAMP)

@@ -16,7 +16,7 @@ from .config import default_model
 from .errors import AVLLMError, ConfigError
 
 PROCESS_START = time.perf_counter()
-DEFAULT_MODEL = default_model()  # weights/starter (trained) if present, else the starter preset
+DEFAULT_MODEL = default_model()  # the trained starter shipped in the package, else the starter preset
 
 
 def quiet_libraries() -> None:
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="fine-tune: sft (align, instruct) or dpo, from a YAML recipe")
     train.add_argument("kind", choices=["sft", "dpo"])
-    train.add_argument("--config", required=True, help="configs/train/NAME.yaml")
+    train.add_argument("--config", required=True, help="a shipped recipe (starter-align, ...) or a YAML file")
     train.add_argument(
         "--resume", default="auto", help="auto (the newest checkpoint in output_dir), none, or a checkpoint folder"
     )
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="copy a checkpoint's trained weights (projectors, LoRA) for shipping, in half precision"
     )
     export.add_argument("--model", required=True, help="checkpoint folder (a training run's output_dir)")
-    export.add_argument("--out", required=True, help="folder to write, e.g. weights/starter")
+    export.add_argument("--out", required=True, help="folder to write, e.g. avllm/weights/starter")
     export.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     export.set_defaults(func=cmd_export)
 
