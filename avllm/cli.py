@@ -282,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
     synth = sub.add_parser(
-        "synth", help="write synthetic clips with known facts and instruction/preference/QA/probe files"
+        "synth",
+        help="write synthetic clips with known facts, instruction/preference/QA/probe files, and the files the "
+        "starter recipes train on (align.jsonl, instruct-mix.jsonl, dpo-pairs.jsonl)",
     )
     synth.add_argument("--out", required=True, help="folder to write (clips/ and *.jsonl)")
     synth.add_argument("--n", type=positive_int, default=1000, help="number of clips")
