@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Reproduce weights/starter from scratch (synthetic data, align, instruct, export, then DPO and
+# Reproduce avllm/weights/starter from scratch (synthetic data, align, instruct, export, then DPO and
 # three held-out evaluations; minutes per host in docs/performance.md); the figures land in
 # runs/eval-*.md.
 starter-weights: $(STAMP)

@@ -20,7 +20,7 @@ from .serve.settings import ServeSettings, env_api_keys
 SERVE_FIELDS = {f.name for f in dataclasses.fields(ServeSettings)}
 
 PROCESS_START = time.perf_counter()
-DEFAULT_MODEL = default_model()  # weights/starter (trained) if present, else the starter preset
+DEFAULT_MODEL = default_model()  # the trained starter shipped in the package, else the starter preset
 
 
 def quiet_libraries() -> None:
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="fine-tune: sft (align, instruct) or dpo, from a YAML recipe")
     train.add_argument("kind", choices=["sft", "dpo"])
-    train.add_argument("--config", required=True, help="configs/train/NAME.yaml")
+    train.add_argument("--config", required=True, help="a shipped recipe (starter-align, ...) or a YAML file")
     train.add_argument(
         "--resume", default="auto", help="auto (the newest checkpoint in output_dir), none, or a checkpoint folder"
     )
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with a model card (README.md) for the hub",
     )
     export.add_argument("--model", required=True, help="checkpoint folder (a training run's output_dir)")
-    export.add_argument("--out", required=True, help="folder to write, e.g. weights/starter")
+    export.add_argument("--out", required=True, help="folder to write, e.g. avllm/weights/starter")
     export.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     export.add_argument(
         "--eval",
@@ -286,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub)
     synth = sub.add_parser(
-        "synth", help="write synthetic clips with known facts and instruction/preference/QA/probe files"
+        "synth",
+        help="write synthetic clips with known facts, instruction/preference/QA/probe files, and the files the "
+        "starter recipes train on (align.jsonl, instruct-mix.jsonl, dpo-pairs.jsonl)",
     )
     synth.add_argument("--out", required=True, help="folder to write (clips/ and *.jsonl)")
     synth.add_argument("--n", type=positive_int, default=1000, help="number of clips")

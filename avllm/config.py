@@ -1,7 +1,7 @@
 """Settings as dataclasses, read from and written to YAML/JSON.
 
-Every other module takes its settings from here, so a preset file (configs/models/*.yaml)
-or a checkpoint's avllm_config.json describes a whole model without scattered flags. Each
+Every other module takes its settings from here, so a preset (avllm/presets/models/*.yaml, package
+data read by name) or a checkpoint's avllm_config.json describes a whole model without scattered flags. Each
 dataclass checks itself when it is built (from a file, `--set` or `dataclasses.replace`):
 every field against its type hint (a `Literal` lists the choices) and its own ranges, so a
 bad setting fails in one line before any model loads.
@@ -18,16 +18,20 @@ import os
 import re
 import types
 from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from . import hub
 from .errors import ConfigError, ModelLoadError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout, for tests; nothing installed may depend on it
+PACKAGE = resources.files(__package__)  # presets and the trained starter ship inside it
 
 T = TypeVar("T")
 
@@ -270,27 +274,45 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
+    return parse_yaml(path.read_text(), str(path))
+
+
+def parse_yaml(text: str, where: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{where}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        raise ConfigError(f"{where}: expected a mapping of settings at the top level")
     return data
 
 
 def default_model() -> str:
-    """The trained starter shipped in weights/starter when present, else the untrained preset."""
-    trained = REPO_ROOT / "weights" / "starter"
+    """The trained starter shipped inside the package (avllm/weights/starter) when present, else the
+    untrained preset. avllm installs as plain files, so the package folder is a real path."""
+    trained = Path(str(PACKAGE.joinpath("weights", "starter")))
     return str(trained) if (trained / "avllm_config.json").is_file() else "starter"
 
 
-def preset_path(name: str) -> Path:
-    return CONFIG_DIR / "models" / f"{name}.yaml"
+def presets(kind: str) -> dict[str, Traversable]:
+    """The YAML files shipped in avllm/presets/KIND (models, train), by name."""
+    folder = PACKAGE.joinpath("presets", kind)
+    return {p.name.rsplit(".", 1)[0]: p for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.yaml"))
+    return sorted(presets("models"))
+
+
+def read_preset(kind: str, spec: str) -> dict[str, Any] | None:
+    """A YAML file's settings, or those of the preset of that name; None when it is neither."""
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"{spec}: no such file; the {kind} presets shipped with avllm: {sorted(presets(kind))}")
+        return load_yaml(path)
+    preset = presets(kind).get(spec)
+    return None if preset is None else parse_yaml(preset.read_text(), f"{kind} preset {spec}")
 
 
 def load_model_config(spec: str) -> ModelConfig:
@@ -303,16 +325,15 @@ def load_model_config(spec: str) -> ModelConfig:
                 f"{spec}: folder has no avllm_config.json; pass a preset ({list_presets()}) or a checkpoint"
             )
         return from_dict(ModelConfig, json.loads(cfg_file.read_text())["model"], str(cfg_file))
-    if path.suffix in (".yaml", ".yml"):
-        return from_dict(ModelConfig, load_yaml(path), str(path))
-    if preset_path(spec).is_file():
-        return from_dict(ModelConfig, load_yaml(preset_path(spec)), spec)
+    data = read_preset("models", spec)
+    if data is not None:
+        return from_dict(ModelConfig, data, spec)
     raise ConfigError(f"--model {spec!r}: not a preset ({', '.join(list_presets())}), YAML file or checkpoint folder")
 
 
 @dataclass
 class TrainConfig(Settings):
-    """One training run (a stage of SFT, or DPO), read from configs/train/*.yaml."""
+    """One training run (a stage of SFT, or DPO): a recipe (avllm/presets/train/*.yaml) or a YAML file."""
 
     stage: Literal["align", "instruct", "dpo"] = "instruct"  # align (projectors only), instruct (+ LoRA), dpo
     model: str = "starter"  # where to start: a preset, a YAML file or a checkpoint folder
@@ -371,11 +392,19 @@ class TrainConfig(Settings):
         ]
 
 
-def load_train_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A recipe file with `--set` overrides on top; an error names whichever of the two holds the bad value."""
+def list_recipes() -> list[str]:
+    return sorted(presets("train"))
+
+
+def load_train_config(spec: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A recipe shipped with avllm, by name (starter-align), or a YAML file, with `--set` overrides on top;
+    an error names whichever of the two holds the bad value."""
+    data = read_preset("train", str(spec))
+    if data is None:
+        raise ConfigError(f"--config {spec}: not a recipe ({', '.join(list_recipes())}) or a YAML file")
     overrides = overrides or {}
     try:
-        return build(TrainConfig, {**load_yaml(path), **overrides})
+        return build(TrainConfig, {**data, **overrides})
     except FieldError as exc:
-        source = "--set" if re.split(r"[.\[]", exc.path)[0] in overrides else f"{path}:"
+        source = "--set" if re.split(r"[.\[]", exc.path)[0] in overrides else f"{spec}:"
         raise ConfigError(f"{source} {exc}") from None

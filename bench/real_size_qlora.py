@@ -3,7 +3,7 @@
 No model hub can be reached, so every network has its real architecture and random, seeded
 weights, and the tokenizer is a small BPE stand-in with Qwen's ChatML specials and template:
 token ids are synthetic, the 152,064-row embedding table is the real size. The rest is the
-path `avllm train sft` takes with configs/train/qwen2.5-7b-qlora.yaml: the LLM saved as a
+path `avllm train sft` takes with the qwen2.5-7b-qlora recipe: the LLM saved as a
 checkpoint folder and loaded in nf4 by avllm.llm.load_llm, AVLLM, prepare_for_stage, the SFT
 collator and AVTrainer. Prints the card, memory (the loaded model, peak while training) and speed.
 
@@ -55,7 +55,6 @@ from avllm.model import AVLLM, EncodedClip
 from avllm.prompt import IGNORE_INDEX, with_video
 from avllm.train.common import AVTrainer, TrainableAVLLM, prepare_for_stage, stage_model_config, training_arguments
 
-ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2  # optimizer steps run before timing: CUDA kernels load, optimizer state is created
 GOAL_GIB = 24.0
 LARGE_V3 = ModelDimensions(
@@ -247,7 +246,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (2048; 256 with --tiny)")
     parser.add_argument("--steps", type=int, default=8, help=f"timed optimizer steps, after {WARMUP} warm-up steps")
-    parser.add_argument("--config", default=str(ROOT / "configs/train/qwen2.5-7b-qlora.yaml"))
+    parser.add_argument("--config", default="qwen2.5-7b-qlora", help="recipe name or YAML file")
     parser.add_argument("--tiny", action="store_true", help="tiny Whisper, ViT-B-32, 2-layer Qwen2, 4 frames")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()

@@ -7,7 +7,7 @@ and kernel the seconds of each batch, their median, and the losses (which should
 digits). With --compile both settings run; the first compiled batches include the compiling.
 Build the cache first with `avllm features --data DATA`.
 
-    python bench/train_step.py [--config configs/train/starter-instruct.yaml] [--data FILE]
+    python bench/train_step.py [--config starter-instruct] [--data FILE]
                                [--model CHECKPOINT] [--batches 4] [--precisions fp32 bf16]
                                [--attention eager sdpa] [--compile]
 """
@@ -52,7 +52,7 @@ def time_steps(config: str, overrides: dict, batches: int) -> tuple[list[float],
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/train/starter-instruct.yaml")
+    ap.add_argument("--config", default="starter-instruct", help="recipe name or YAML file")
     ap.add_argument("--data", default=None, help="records to batch (default: the recipe's data)")
     ap.add_argument("--model", default=None, help="checkpoint to start from (default: the recipe's model)")
     ap.add_argument("--batches", type=int, default=4)

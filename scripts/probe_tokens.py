@@ -5,7 +5,7 @@ scored on held-out ones.
 A fact the probe reads on the training clips but not on held-out ones is memorised per clip,
 not encoded; one it reads on both but the model answers at chance is there and unread.
 
-    python scripts/probe_tokens.py --model weights/starter [--fact motion]
+    python scripts/probe_tokens.py --model avllm/weights/starter [--fact motion]
                                    [--train runs/synth/train] [--test runs/synth/test]
 """
 

@@ -80,6 +80,7 @@ def test_info_prints_facts(capsys, av_clip):
         (["info", "/no/such/clip.mp4"], "/no/such/clip.mp4"),
         (["chat", "CORRUPT", "q?", "--model", "TINY"], "CORRUPT"),
         (["chat", "CLIP", "q?", "--model", "no-such-preset"], "no-such-preset"),
+        (["train", "sft", "--config", "no-such-recipe"], "starter-instruct"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(tiny_preset, corrupt_file, av_clip, args, message):

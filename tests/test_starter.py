@@ -66,9 +66,9 @@ def test_chat_on_real_clips(shared_clips, clip, audio_used, warning):
 
 
 def test_shipped_weights_name_the_colour_and_the_sound_of_clips_never_trained_on(tmp_path):
-    """weights/starter holds the trained starter: on fresh synthetic clips (a seed no recipe uses)
-    it names the colour of the shapes and what is heard (15 of 15 here; the untrained preset 6)."""
-    from avllm.config import REPO_ROOT
+    """The default model is the trained starter shipped in the package: on fresh synthetic clips (a
+    seed no recipe uses) it names the colour of the shapes and what is heard."""
+    from avllm.config import PACKAGE, default_model
     from avllm.data.synth import synthesize
     from avllm.eval import evaluate, make_task
     from avllm.model import AVLLM
@@ -81,7 +81,8 @@ def test_shipped_weights_name_the_colour_and_the_sound_of_clips_never_trained_on
         if json.loads(line)["family"] in ("colour", "sound")
     ]
     (tmp_path / "easy.jsonl").write_text("\n".join(questions) + "\n")
-    model = AVLLM.from_pretrained(REPO_ROOT / "weights" / "starter", device="cpu")
+    assert default_model() == str(PACKAGE.joinpath("weights", "starter"))
+    model = AVLLM.from_pretrained(default_model(), device="cpu")
     result = evaluate(make_task(f"jsonl:{tmp_path / 'easy.jsonl'}").load(), AVLLMScorer(model), progress=False)
     assert len(result.results) >= 10
     assert sum(r.correct for r in result.results) / len(result.results) >= 0.8

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avllm.config import load_train_config
 from avllm.data import formats
 from avllm.data.synth import HELDOUT_VOCAB, SESSION_ORDERS, VOCAB, clip_records, sample_facts, synthesize
 from avllm.data.synth_media import COLOURS, FLASH, RATE, SLOT_SECONDS, render_clip
 from avllm.media import load_clip
 
 FILES = ("clips.jsonl", "instructions.jsonl", "sessions.jsonl", "preferences.jsonl", "qa.jsonl", "probes.jsonl")
+PROBE_TARGETS = ("hallucination", "omission")
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -56,10 +58,34 @@ def test_every_written_file_passes_validation(sets):
         ("preferences", "preference"),
         ("qa", "qa"),
         ("probes", "qa"),
+        ("align", "instruction"),
+        ("instruct-mix", "instruction"),
+        ("dpo-pairs", "preference"),
     ):
         records = formats.load(sets / "a" / f"{name}.jsonl", fmt)
         assert records, name
         assert all(r.media.is_file() for r in records)
+
+
+def test_synth_writes_the_files_the_starter_recipes_train_on(sets):
+    """align: the choice records; instruct-mix: the sessions, then the open chats; dpo-pairs: every
+    third hallucination pair, every third omission pair, then every fifteenth of the others."""
+    written = {name: read(sets / "a" / f"{name}.jsonl") for name in ("instructions", "sessions", "preferences")}
+    for recipe in ("starter-align", "starter-instruct", "starter-dpo"):
+        data = Path(load_train_config(recipe).data)
+        assert data.parent == Path("runs/synth/train") and (sets / "a" / data.name).is_file()
+    instructions = written["instructions"]
+    assert read(sets / "a" / "align.jsonl") == [r for r in instructions if r["style"] == "choice"]
+    open_chats = [r for r in instructions if r["style"] == "open"]
+    assert open_chats and read(sets / "a" / "instruct-mix.jsonl") == written["sessions"] + open_chats
+    pairs, prefs = read(sets / "a" / "dpo-pairs.jsonl"), written["preferences"]
+    probe_pairs = [p for p in pairs if p["target"] in PROBE_TARGETS]
+    assert pairs[: len(probe_pairs)] == probe_pairs  # the probe pairs first
+    for target in PROBE_TARGETS:
+        assert [p for p in pairs if p["target"] == target] == [p for p in prefs if p["target"] == target][::3]
+    content = [p for p in prefs if p["target"] not in PROBE_TARGETS]
+    kept = pairs[len(probe_pairs) :]
+    assert kept and len(kept) == -(-len(content) // 15) and all(p in content for p in kept)
 
 
 def test_clips_show_and_sound_their_facts(tmp_path):

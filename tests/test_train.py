@@ -16,7 +16,15 @@ from conftest import write_clip
 from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 from safetensors.torch import load_file
 
-from avllm.config import TrainConfig, from_dict, load_model_config
+from avllm.config import (
+    PACKAGE,
+    TrainConfig,
+    from_dict,
+    list_presets,
+    list_recipes,
+    load_model_config,
+    load_train_config,
+)
 from avllm.data.cache import FeatureCache
 from avllm.data.dataset import Collator, InstructionDataset
 from avllm.data.formats import load
@@ -296,6 +304,20 @@ def test_recipe_numbers_written_without_a_dot_are_numbers():
     assert cfg.learning_rate == 0.002 and cfg.projector_lr == 0.001
     with pytest.raises(ConfigError, match="learning_rate: 'fast' is not a number"):
         from_dict(TrainConfig, {"learning_rate": "fast"})
+
+
+def test_recipes_and_presets_ship_in_the_package_and_are_read_by_name(tmp_path):
+    assert {"starter-align", "starter-instruct", "starter-dpo"} <= set(list_recipes()) and "starter" in list_presets()
+    shipped = PACKAGE.joinpath("presets", "train", "starter-instruct.yaml")
+    by_name = load_train_config("starter-instruct", {"max_steps": 3})
+    assert by_name == load_train_config(str(shipped), {"max_steps": 3}) and by_name.max_steps == 3
+    assert by_name.data.startswith("runs/")  # data and output paths stay relative to the working folder
+    edited = tmp_path / "mine.yaml"  # a path to a YAML file is read from that file
+    edited.write_text(shipped.read_text().replace("stage: instruct", "stage: align"))
+    assert load_train_config(str(edited)).stage == "align"
+    assert load_model_config("starter") == load_model_config(str(PACKAGE.joinpath("presets", "models", "starter.yaml")))
+    with pytest.raises(ConfigError, match="starter-align"):
+        load_train_config("configs/train/starter-align.yaml")  # the old path names the recipes instead
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -15,7 +15,9 @@ scored apart by `avllm eval`), never in instructions.jsonl or preferences.jsonl,
 training set made by this tool ever speaks them.
 
 Files written in DIR: clips/*.mp4, clips.jsonl (the facts), instructions.jsonl,
-sessions.jsonl, preferences.jsonl, qa.jsonl, probes.jsonl and synth.json (settings and counts).
+sessions.jsonl, preferences.jsonl, qa.jsonl, probes.jsonl, synth.json (settings and counts), and
+the starter recipe's training files chosen from them (see `recipe_mixes`): align.jsonl,
+instruct-mix.jsonl and dpo-pairs.jsonl.
 
 sessions.jsonl holds the multiple-choice records of instructions.jsonl regrouped for training:
 all of a clip's questions as one chat, in SESSION_ORDERS orders (see `sessions`). The
@@ -64,6 +66,8 @@ OPEN_FOLLOW_UPS = 2  # open questions after the description in the multi-turn co
 PROBES_PER_ANSWER = 1  # probes.jsonl: one yes and one no per clip
 TRAIN_PROBES_PER_ANSWER = 2  # instructions.jsonl: up to two of each
 SESSION_ORDERS = 3  # sessions.jsonl: each clip's multiple-choice questions in this many orders
+DPO_PROBE_EVERY = 3  # dpo-pairs.jsonl: every third hallucination pair, and every third omission pair
+DPO_OTHER_EVERY = 15  # and every fifteenth of the pairs about content
 
 
 @dataclass
@@ -297,6 +301,34 @@ def _render(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
     return clip_records(facts)
 
 
+# ----------------------------------------------------------------------------- the recipe's files
+
+
+def recipe_mixes(files: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """The training files of the starter recipe (avllm/presets/train/starter-*.yaml), by name.
+
+    align: the multiple-choice records alone, one short answer each about one picture or sound
+    fact, which is what the projectors must learn to carry. instruct-mix: the sessions, then the
+    open chats (a description in sentences, then follow-ups without options), which keep
+    free-form questions answered in sentences. dpo-pairs: a share of the hallucination pairs (a
+    false "Yes, a dog is barking" against a grounded "No, ..."), as many omissions (a false "No"
+    about what is there against a grounded "Yes, ..."), and a few pairs about content (a wrong
+    colour, count or sound), which keep the answers about what is there from drifting; one epoch
+    of the DPO recipe covers them all, its reference pass included."""
+    instructions = files["instructions"]
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for pair in files["preferences"]:
+        by_target.setdefault(pair["target"], []).append(pair)
+    probes = ("hallucination", "omission")
+    content = [pair for target, pairs in by_target.items() if target not in probes for pair in pairs]
+    return {
+        "align": [r for r in instructions if r["style"] == "choice"],
+        "instruct-mix": files["sessions"] + [r for r in instructions if r["style"] == "open"],
+        "dpo-pairs": [pair for t in probes for pair in by_target.get(t, [])[::DPO_PROBE_EVERY]]
+        + content[::DPO_OTHER_EVERY],
+    }
+
+
 # ----------------------------------------------------------------------------- the whole set
 
 
@@ -332,7 +364,7 @@ def synthesize(
         for name in ("instructions", "sessions", "preferences", "qa", "probes")
     }
     counts = {"clips": write_jsonl(out / "clips.jsonl", facts)}
-    for name, records in files.items():
+    for name, records in {**files, **recipe_mixes(files)}.items():
         counts[name] = write_jsonl(out / f"{name}.jsonl", records)
     summary = SynthSummary(out, seed, n, counts, time.perf_counter() - start)
     stats = {
