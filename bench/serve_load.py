@@ -15,7 +15,7 @@ per second, the server's memory at start and end, and the goals:
     no 5xx; no answer about the wrong clip; server memory growth under 300 MB after 1,000
     requests; 429s rather than a pile-up (the longest wait in line stays bounded)
 
-    python bench/serve_load.py [--model weights/starter] [--clients 32] [--seconds 120]
+    python bench/serve_load.py [--model avllm/weights/starter] [--clients 32] [--seconds 120]
 """
 
 from __future__ import annotations

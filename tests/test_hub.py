@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from avllm.eval.scoring import ItemResult
 from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
@@ -20,7 +21,6 @@ from avllm.cli import main
 from avllm.config import LoraConfig, MediaConfig, ModelConfig
 from avllm.errors import ModelLoadError
 from avllm.eval import TaskResult, build_report, markdown, write_report
-from avllm.eval.scoring import ItemResult
 from avllm.model import AVLLM, export_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

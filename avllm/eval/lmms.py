@@ -1,4 +1,4 @@
-"""avllm as an lmms-eval model: `lmms-eval --model avllm --model_args pretrained=weights/starter --tasks ...`.
+"""avllm as an lmms-eval model: `lmms-eval --model avllm --model_args pretrained=avllm/weights/starter --tasks ...`.
 
 lmms-eval finds the class through the `lmms_eval.models` entry point in pyproject.toml (`manifest`).
 The model answers the way `avllm eval` does: the task's prompt is the user's turn with the clip after
