@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,27 @@ def data_url(path: Path, mime: str = "video/mp4") -> str:
 
 def b64(path: Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+@pytest.fixture
+def slow_answers(live_server, monkeypatch):
+    """Answers of the tiny model at 20 words a second (a real model's pace), so a client can leave mid-answer."""
+    real_stream = live_server.service.model.stream
+
+    def slow_stream(*args, **kwargs):
+        for piece in real_stream(*args, **kwargs):
+            time.sleep(0.05)
+            yield piece
+
+    monkeypatch.setattr(live_server.service.model, "stream", slow_stream)
+    return live_server.service
+
+
+def until(condition, seconds: float) -> float:
+    """Seconds until condition() held (polled every 20 ms), or inf after `seconds`."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if condition():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    return float("inf")

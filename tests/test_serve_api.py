@@ -14,12 +14,12 @@ import time
 import httpx
 import openai
 import pytest
-from serve_fixtures import MAX_DURATION, b64, data_url
+from serve_fixtures import MAX_DURATION, b64, data_url, until
 
 from avllm.errors import ConfigError
 from avllm.serve.server import BackgroundServer, ServeSettings
 
-pytest_plugins = ["serve_fixtures"]  # live_server, serve_clips
+pytest_plugins = ["serve_fixtures"]  # live_server, serve_clips, slow_answers
 
 QUESTION = "What is in the video?"
 
@@ -354,30 +354,6 @@ def test_four_users_at_once_get_their_own_answers(client, live_server, serve_cli
     alone = [request(job) for job in jobs]
     assert [a for a, _ in alone] == [a for a, _ in results]
     assert len({a for a, _ in results}) == len(jobs)  # different clips and questions, different answers
-
-
-@pytest.fixture
-def slow_answers(live_server, monkeypatch):
-    """Answers of the tiny model at 20 words a second (a real model's pace), so a client can leave mid-answer."""
-    real_stream = live_server.service.model.stream
-
-    def slow_stream(*args, **kwargs):
-        for piece in real_stream(*args, **kwargs):
-            time.sleep(0.05)
-            yield piece
-
-    monkeypatch.setattr(live_server.service.model, "stream", slow_stream)
-    return live_server.service
-
-
-def until(condition, seconds: float) -> float:
-    """Seconds until condition() held (polled every 20 ms), or inf after `seconds`."""
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    return float("inf")
 
 
 def send_raw(url: str, body: dict) -> socket.socket:

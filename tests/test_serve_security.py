@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serve_fixtures import data_url
+from serve_fixtures import data_url, until
 
 from avllm.serve import fetch
 from avllm.serve.api import Uploads, lift_media, parse_body
@@ -31,7 +31,7 @@ from avllm.serve.server import BackgroundServer, ServeSettings
 from avllm.serve.session import Busy, ClipStore, Slots, Stopped, Watch
 from avllm.serve.settings import ServeSettings as Settings
 
-pytest_plugins = ["serve_fixtures"]  # live_server, serve_clips
+pytest_plugins = ["serve_fixtures"]  # live_server, serve_clips, slow_answers
 
 CHAT = "/v1/chat/completions"
 
@@ -478,28 +478,6 @@ def test_request_timeout_ends_a_long_answer(live_server, serve_clips, slow_answe
     else:
         assert response.status_code == 408 and "--request-timeout" in message(response)
     assert until(lambda: slow_answers.slots.active == 0, 5) < 1
-
-
-@pytest.fixture
-def slow_answers(live_server, monkeypatch):
-    real_stream = live_server.service.model.stream
-
-    def slow_stream(*args, **kwargs):
-        for piece in real_stream(*args, **kwargs):
-            time.sleep(0.05)
-            yield piece
-
-    monkeypatch.setattr(live_server.service.model, "stream", slow_stream)
-    return live_server.service
-
-
-def until(condition, seconds: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    return float("inf")
 
 
 # ----------------------------------------------------------------------------- observability, shutdown
