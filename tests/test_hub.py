@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from avllm.eval.scoring import ItemResult
+from avllm.eval.matching import ItemResult
 from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
