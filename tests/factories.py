@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
+
+from avllm.config import ModelConfig, from_dict
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -95,4 +99,27 @@ def tiny_llm_folder(folder: Path, hidden: int = 32) -> Path:
     path = Path(folder) / "tiny-llm"
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_model_fields(folder: Path, **fields: Any) -> dict[str, Any]:
+    """A model preset as YAML holds it, on tiny parts written into `folder`; `fields` add or replace settings."""
+    return {
+        "name": "tiny",
+        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
+        "visual_encoder": str(tiny_clip_config(folder)),
+        "llm": str(tiny_llm_folder(folder)),
+        **fields,
+    }
+
+
+def tiny_model_config(folder: Path, **fields: Any) -> ModelConfig:
+    """The tiny preset read the way `avllm` reads a YAML one (nested settings as dicts)."""
+    return from_dict(ModelConfig, tiny_model_fields(folder, **fields))
+
+
+def tiny_preset_file(folder: Path, **fields: Any) -> Path:
+    """The tiny preset written as `folder`/tiny.yaml, for tests that pass `--model PATH`."""
+    path = Path(folder) / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_model_fields(folder, **fields)))
     return path

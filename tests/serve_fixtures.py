@@ -23,9 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from conftest import write_clip  # noqa: E402
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint  # noqa: E402
+from factories import tiny_model_config  # noqa: E402
 
-from avllm.config import MediaConfig, ModelConfig  # noqa: E402
 from avllm.model import AVLLM  # noqa: E402
 from avllm.serve.server import BackgroundServer, ServeSettings  # noqa: E402
 
@@ -35,15 +34,7 @@ SHARED_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "clips"  # the U
 
 
 def chatty_tiny_model(folder: Path) -> AVLLM:
-    config = ModelConfig(
-        name="tiny",
-        audio_encoder=str(tiny_whisper_checkpoint(folder)),
-        visual_encoder=str(tiny_clip_config(folder)),
-        llm=str(tiny_llm_folder(folder)),
-        visual_tokens_per_slot=4,
-        audio_tokens_per_slot=2,
-        media=MediaConfig(num_frames=3),
-    )
+    config = tiny_model_config(folder, visual_tokens_per_slot=4, audio_tokens_per_slot=2, media={"num_frames": 3})
     model = AVLLM.from_config(config, device="cpu")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():

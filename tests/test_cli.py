@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
+from factories import tiny_preset_file
 
 from avllm.cli import main
 
@@ -28,16 +27,7 @@ TIMING_KEYS = {"load", "decode", "encode_audio", "encode_visual", "prefill", "fi
 @pytest.fixture(scope="module")
 def tiny_preset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-preset")
-    preset = {
-        "name": "tiny",
-        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
-        "visual_encoder": str(tiny_clip_config(folder)),
-        "llm": str(tiny_llm_folder(folder)),
-        "media": {"num_frames": 4},
-    }
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(preset))
-    return str(path)
+    return str(tiny_preset_file(folder, media={"num_frames": 4}))
 
 
 def chat_json(capsys, *args) -> dict:

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 from conftest import write_clip
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
+from factories import tiny_model_config
 from safetensors.torch import load_file
 
-from avllm.config import ModelConfig, TrainConfig, from_dict
+from avllm.config import TrainConfig, from_dict
 from avllm.data.dataset import PairCollator, PreferenceDataset
 from avllm.data.formats import load
 from avllm.model import AVLLM
@@ -40,17 +40,13 @@ def test_loss_and_rewards_by_hand():
 def sft_checkpoint(tmp_path_factory):
     """A tiny model with a LoRA adapter, saved as an SFT checkpoint, and preference pairs."""
     folder = tmp_path_factory.mktemp("dpo")
-    preset = {
-        "name": "tiny",
-        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
-        "visual_encoder": str(tiny_clip_config(folder)),
-        "llm": str(tiny_llm_folder(folder)),
-        "media": {"num_frames": 2},
-        "visual_tokens_per_slot": 1,
-        "audio_tokens_per_slot": 2,
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
-    }
-    config = from_dict(ModelConfig, preset)
+    config = tiny_model_config(
+        folder,
+        media={"num_frames": 2},
+        visual_tokens_per_slot=1,
+        audio_tokens_per_slot=2,
+        lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
+    )
     model = AVLLM.from_config(config, device="cpu")
     model.add_lora()
     model.save_pretrained(folder / "sft")

@@ -4,8 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
+from factories import tiny_preset_file
 
 from avllm.cli import main
 from avllm.data.synth import synthesize
@@ -329,16 +328,7 @@ def test_bad_benchmark_files_and_specs(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-eval")
-    config = {
-        "name": "tiny",
-        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
-        "visual_encoder": str(tiny_clip_config(folder)),
-        "llm": str(tiny_llm_folder(folder)),
-        "visual_tokens_per_slot": 4,
-        "audio_tokens_per_slot": 2,
-    }
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = tiny_preset_file(folder, visual_tokens_per_slot=4, audio_tokens_per_slot=2)
     synthesize(folder / "set", 2, seed=11, workers=1, progress=False)
     return path, folder / "set"
 

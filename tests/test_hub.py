@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from avllm.eval.matching import ItemResult
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
+from factories import tiny_model_fields
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -21,6 +20,7 @@ from avllm.cli import main
 from avllm.config import LoraConfig, MediaConfig, ModelConfig
 from avllm.errors import ModelLoadError
 from avllm.eval import TaskResult, build_report, markdown, write_report
+from avllm.eval.matching import ItemResult
 from avllm.model import AVLLM, export_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,19 +29,13 @@ SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"  # any 40-hex commit hash
 
 @pytest.fixture(scope="module")
 def tiny_parts(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-parts")
-    return {
-        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
-        "visual_encoder": str(tiny_clip_config(folder)),
-        "llm": str(tiny_llm_folder(folder)),
-    }
+    return tiny_model_fields(tmp_path_factory.mktemp("tiny-parts"))
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_parts, tmp_path_factory):
     """A trained-looking checkpoint folder: projectors and a LoRA adapter with non-zero weights."""
     config = ModelConfig(
-        name="tiny",
         **tiny_parts,
         visual_tokens_per_slot=2,
         audio_tokens_per_slot=2,

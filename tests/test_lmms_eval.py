@@ -10,8 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import yaml
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
+from factories import tiny_preset_file
 
 pytest.importorskip("lmms_eval", reason="lmms-eval comes with `make install` (the lmms-eval extra, see the Makefile)")
 
@@ -52,17 +51,8 @@ lmms_eval_specific_kwargs:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> AVLLMLmms:
     folder = tmp_path_factory.mktemp("tiny-lmms")
-    preset = {
-        "name": "tiny",
-        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
-        "visual_encoder": str(tiny_clip_config(folder)),
-        "llm": str(tiny_llm_folder(folder)),
-        "visual_tokens_per_slot": 2,
-        "audio_tokens_per_slot": 2,
-        "media": {"num_frames": 2},
-    }
-    (folder / "tiny.yaml").write_text(yaml.safe_dump(preset))
-    return AVLLMLmms(pretrained=str(folder / "tiny.yaml"), device="cpu", batch_size=4)
+    preset = tiny_preset_file(folder, visual_tokens_per_slot=2, audio_tokens_per_slot=2, media={"num_frames": 2})
+    return AVLLMLmms(pretrained=str(preset), device="cpu", batch_size=4)
 
 
 def requests(lm: AVLLMLmms, kind: str, docs: list[dict], args: list[tuple]) -> list[Instance]:

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
+from factories import tiny_llm_folder, tiny_model_fields
 
 from avllm.config import LoraConfig, MediaConfig, ModelConfig
 from avllm.errors import ConfigError, SpliceError
@@ -18,16 +18,11 @@ KV, KA = 4, 2
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    return {
-        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
-        "visual_encoder": str(tiny_clip_config(folder)),
-        "llm": str(tiny_llm_folder(folder)),
-    }
+    return tiny_model_fields(tmp_path_factory.mktemp("tiny"))
 
 
 def make_config(parts, **overrides) -> ModelConfig:
-    settings = dict(name="tiny", visual_tokens_per_slot=KV, audio_tokens_per_slot=KA, media=MediaConfig(num_frames=3))
+    settings = dict(visual_tokens_per_slot=KV, audio_tokens_per_slot=KA, media=MediaConfig(num_frames=3))
     settings.update(overrides)
     return ModelConfig(**parts, **settings)
 

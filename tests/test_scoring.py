@@ -3,9 +3,8 @@ scores of each sequence run alone."""
 
 import pytest
 import torch
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
+from factories import tiny_model_config
 
-from avllm.config import LoraConfig, MediaConfig, ModelConfig
 from avllm.data.formats import qa_messages
 from avllm.model import AVLLM
 from avllm.scoring import AVLLMScorer
@@ -17,15 +16,12 @@ COLOURS = ["red", "green", "blue", "a bright yellow"]
 def scorer(tmp_path_factory):
     """A tiny model with a LoRA adapter that changes its answers, so the adapter must be on every path."""
     folder = tmp_path_factory.mktemp("tiny-scoring")
-    config = ModelConfig(
-        name="tiny",
-        audio_encoder=str(tiny_whisper_checkpoint(folder)),
-        visual_encoder=str(tiny_clip_config(folder)),
-        llm=str(tiny_llm_folder(folder)),
+    config = tiny_model_config(
+        folder,
         visual_tokens_per_slot=4,
         audio_tokens_per_slot=2,
-        media=MediaConfig(num_frames=3),
-        lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        media={"num_frames": 3},
+        lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
     )
     model = AVLLM.from_config(config, device="cpu")
     model.add_lora()

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 from conftest import write_clip
-from factories import tiny_clip_config, tiny_llm_folder, tiny_whisper_checkpoint
+from factories import tiny_preset_file
 from safetensors.torch import load_file
 
 from avllm.config import (
@@ -68,18 +68,7 @@ def dataset_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_preset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-train-model")
-    preset = {
-        "name": "tiny",
-        "audio_encoder": str(tiny_whisper_checkpoint(folder)),
-        "visual_encoder": str(tiny_clip_config(folder)),
-        "llm": str(tiny_llm_folder(folder)),
-        "media": {"num_frames": 2},
-        "visual_tokens_per_slot": 1,
-        "audio_tokens_per_slot": 2,
-    }
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(preset))
-    return str(path)
+    return str(tiny_preset_file(folder, media={"num_frames": 2}, visual_tokens_per_slot=1, audio_tokens_per_slot=2))
 
 
 def recipe(tmp_path, tiny_preset, dataset_dir, **overrides) -> dict:
