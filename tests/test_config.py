@@ -26,8 +26,9 @@ from avllm.config import (
 )
 from avllm.errors import ConfigError, ModelLoadError
 
-RECIPES = sorted((REPO_ROOT / "configs" / "train").glob("*.yaml"))
-DPO_RECIPE = REPO_ROOT / "configs" / "train" / "starter-dpo.yaml"
+RECIPES = sorted((REPO_ROOT / "avllm" / "presets" / "train").glob("*.yaml"))
+DPO_RECIPE = REPO_ROOT / "avllm" / "presets" / "train" / "starter-dpo.yaml"
+STARTER = REPO_ROOT / "avllm" / "weights" / "starter"
 
 
 @pytest.mark.parametrize("name", list_presets())
@@ -135,14 +136,14 @@ def test_unknown_fields_are_refused_with_the_nearest_name():
 def test_a_checkpoint_written_with_trim_audio_windows_false_still_loads(tmp_path):
     """Checkpoints saved while the option existed hold `trim_audio_windows: false`: padded windows,
     which is what avllm does now. `true` meant other features, which are gone: refused."""
-    shipped = json.loads((REPO_ROOT / "weights" / "starter" / "avllm_config.json").read_text())
+    shipped = json.loads((STARTER / "avllm_config.json").read_text())
     for value, ok in ((False, True), (True, False)):
         folder = tmp_path / str(value)
         folder.mkdir()
         data = {**shipped, "model": {**shipped["model"], "trim_audio_windows": value}}
         (folder / "avllm_config.json").write_text(json.dumps(data))
         if ok:
-            assert load_model_config(str(folder)) == load_model_config(str(REPO_ROOT / "weights" / "starter"))
+            assert load_model_config(str(folder)) == load_model_config(str(STARTER))
         else:
             with pytest.raises(ConfigError, match="trim_audio_windows: only false is accepted: Whisper always"):
                 load_model_config(str(folder))
