@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 
 from ..config import LoraConfig, ModelConfig, TrainConfig, load_model_config, to_dict
@@ -32,7 +32,10 @@ STATS_CLIPS = 256  # clips sampled to fit fresh projectors' input standardisatio
 
 
 def build_model(cfg: TrainConfig) -> AVLLM:
-    """The model a stage starts from: the preset or checkpoint named by cfg.model, prepared for the stage."""
+    """The model a stage starts from: the preset or checkpoint named by cfg.model, prepared for the stage.
+    Seeded first, so a fresh adapter starts alike in every run and on every rank (a rerun, a resumed
+    run and a multi-process run then train the same weights)."""
+    set_seed(cfg.seed)
     model = prepare_for_stage(AVLLM.from_config(stage_model_config(cfg), default_device()), cfg)
     model.llm.set_attn_implementation(cfg.attention)  # a peft wrapper passes it to the LLM
     if starts_from_checkpoint(cfg):
@@ -239,6 +242,10 @@ def finish(trainer: AVTrainer, cfg: TrainConfig, metrics: dict[str, Any]) -> Pat
     trainer.save_model(str(out))
     if trainer.args.should_save:
         (out / "train_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        history = {"log_history": trainer.state.log_history}
+        accelerator = trainer.accelerator
+        history = {
+            "distributed": {"type": accelerator.distributed_type.value, "processes": accelerator.num_processes},
+            "log_history": trainer.state.log_history,
+        }
         (out / "train_metrics.json").write_text(json.dumps({**metrics, **history}, indent=2))
     return out

@@ -1,0 +1,46 @@
+"""A recipe's data mix: files sampled by weight, seeded, every file checked before any is used."""
+
+import json
+
+import pytest
+from test_train import dataset_dir  # noqa: F401
+
+from avllm.config import DataSource, TrainConfig, from_dict
+from avllm.data.mix import load_mix
+from avllm.errors import ConfigError, DataError
+
+
+def test_weights_take_whole_copies_and_a_seeded_share(dataset_dir):  # noqa: F811
+    data = str(dataset_dir / "train.jsonl")
+    mix = [DataSource(data, 2.0), DataSource(data, 0.5)]
+    records = load_mix(mix, "instruction", seed=0)
+    assert len(records) == 4 * 2 + 2
+    assert sorted(r.id for r in records[:8]) == sorted(["r0", "r1", "r2", "r3"] * 2)
+    assert len({r.id for r in records[8:]}) == 2  # drawn without replacement
+    assert [r.id for r in load_mix(mix, "instruction", seed=0)] == [r.id for r in records]  # resumable
+    draws = {tuple(r.id for r in load_mix(mix, "instruction", seed=s)[8:]) for s in range(8)}
+    assert len(draws) > 1  # the seed chooses the share
+
+
+def test_every_file_is_checked_before_any_is_used(dataset_dir, tmp_path):  # noqa: F811
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "x", "media": "clip0.mp4", "conversations": []}) + "\n")
+    worse = tmp_path / "worse.jsonl"
+    worse.write_text("not json\n")
+    with pytest.raises(DataError) as err:
+        load_mix(
+            [DataSource(str(bad)), DataSource(str(dataset_dir / "train.jsonl")), DataSource(str(worse))],
+            "instruction",
+            0,
+        )
+    assert f"{bad}: " in str(err.value) and f"{worse}:1: (line): not valid JSON" in str(err.value)
+
+
+def test_recipe_data_is_one_file_or_a_weighted_list():
+    assert from_dict(TrainConfig, {"data": "a.jsonl"}).sources() == [DataSource("a.jsonl", 1.0)]
+    mix = from_dict(TrainConfig, {"data": [{"path": "a.jsonl", "weight": 3}, {"path": "b.jsonl"}]})
+    assert mix.sources() == [DataSource("a.jsonl", 3), DataSource("b.jsonl", 1.0)]
+    with pytest.raises(ConfigError, match=r"data\[0\].weight: 0 is out of range; it must be above 0"):
+        from_dict(TrainConfig, {"data": [{"path": "a.jsonl", "weight": 0}]})
+    with pytest.raises(ConfigError, match="data: 3 is not text; 3 is not a list"):
+        from_dict(TrainConfig, {"data": 3})
