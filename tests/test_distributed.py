@@ -144,27 +144,26 @@ def test_dpo_under_ddp_trains_the_single_process_weights(sft_checkpoint, tmp_pat
     assert_same_weights(single, tmp_path / "ddp")
 
 
-def features_cli(preset: str, data: Path, cache: Path, rank: int | None, *extra: str) -> subprocess.Popen:
+def features_cli(preset: str, data: Path, cache: Path, *extra: str, ranks: int = 1) -> subprocess.Popen:
+    """`avllm features`, alone or on `ranks` processes under accelerate launch with the shipped ddp.yaml."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    if rank is not None:  # what accelerate launch and torchrun set in each process
-        env.update(RANK=str(rank), WORLD_SIZE="2")
-    cmd = [sys.executable, "-m", "avllm.cli", "features", "--data", str(data), "--model", preset, "--cache", str(cache)]
-    return subprocess.Popen([*cmd, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    launcher += ["--config_file", str(REPO / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", str(ranks)]
+    launcher += ["--mixed_precision", "no", "--main_process_port", str(free_port())]
+    cmd = [*(launcher if ranks > 1 else [sys.executable]), "-m", "avllm.cli", "features", "--data", str(data)]
+    cmd += ["--model", preset, "--cache", str(cache), *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_features_sharded_over_two_processes_cache_every_clip_once(tmp_path, tiny_preset, dataset_dir):
     data, cache = dataset_dir / "train.jsonl", tmp_path / "cache"
-    ranks = [features_cli(tiny_preset, data, cache, rank) for rank in (0, 1)]  # at the same time
-    outs = [proc.communicate(timeout=300) for proc in ranks]
-    assert [proc.returncode for proc in ranks] == [0, 0], outs
-    assert [out.strip().splitlines()[-1].split(";")[0] for out, _ in outs] == [
+    out, err = features_cli(tiny_preset, data, cache, ranks=2).communicate(timeout=300)
+    summaries = sorted(line.split(";")[0] for line in out.splitlines() if line.startswith("shard"))
+    assert summaries == [
         "shard 0/2: 2 clips: 0 cached already, 2 built, 0 rebuilt",
         "shard 1/2: 2 clips: 0 cached already, 2 built, 0 rebuilt",
-    ]
+    ], err[-3000:]
     assert len(list(cache.glob("*/*/*.safetensors"))) == 4  # the four clips, each once
     assert not list(cache.glob("*/*/*.tmp*"))
-    again, _ = features_cli(tiny_preset, data, cache, None).communicate(timeout=300)  # a resumed or later run
+    again, _ = features_cli(tiny_preset, data, cache).communicate(timeout=300)  # a resumed or later run
     assert "4 clips: 4 cached already, 0 built, 0 rebuilt" in again
-    bad = features_cli(tiny_preset, data, cache, None, "--shard", "2/2")
-    _, err = bad.communicate(timeout=300)
-    assert bad.returncode == 2 and "--shard 2/2: expected auto or I/N" in err

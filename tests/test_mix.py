@@ -1,4 +1,4 @@
-"""A recipe's data mix: files sampled by weight, seeded, every file checked before any is used."""
+"""Data at scale: a recipe's mix (files sampled by weight, seeded, all checked first) and feature shards."""
 
 import json
 
@@ -6,6 +6,7 @@ import pytest
 from test_train import dataset_dir  # noqa: F401
 
 from avllm.config import DataSource, TrainConfig, from_dict
+from avllm.data.cache import shard
 from avllm.data.mix import load_mix
 from avllm.errors import ConfigError, DataError
 
@@ -44,3 +45,20 @@ def test_recipe_data_is_one_file_or_a_weighted_list():
         from_dict(TrainConfig, {"data": [{"path": "a.jsonl", "weight": 0}]})
     with pytest.raises(ConfigError, match="data: 3 is not text; 3 is not a list"):
         from_dict(TrainConfig, {"data": 3})
+
+
+def test_shards_split_the_distinct_clips_without_overlap(monkeypatch, tmp_path):
+    clips = [tmp_path / f"c{i}.mp4" for i in (3, 1, 4, 1, 5, 9, 2, 6)]  # c1 twice
+    parts = [shard(clips, f"{i}/3") for i in range(3)]
+    assert [(index, count) for _, index, count in parts] == [(0, 3), (1, 3), (2, 3)]
+    taken = [clip for part, _, _ in parts for clip in part]
+    assert sorted(taken) == sorted(set(clips)) and len(taken) == 7
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert shard(clips) == parts[1]  # auto: what accelerate launch and torchrun set
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert shard(clips) == (sorted(set(clips)), 0, 1)
+    for bad in ("3/3", "1", "a/b", "-1/2"):
+        with pytest.raises(ConfigError, match=f"--shard {bad}: expected auto or I/N"):
+            shard(clips, bad)
