@@ -27,7 +27,6 @@ from test_train import dataset_dir, recipe, tiny_preset  # noqa: F401
 from avllm.config import TrainConfig, from_dict, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow  # each launch starts two Python processes (tens of seconds on a busy CPU)
 
 
 def free_port() -> int:
@@ -95,6 +94,7 @@ def single_sft(tmp_path_factory, tiny_preset, dataset_dir):
     return run_sft(from_dict(TrainConfig, sft_settings(tmp_path, tiny_preset, dataset_dir, "single", 4)))
 
 
+@pytest.mark.slow  # two Python processes under accelerate launch: tens of seconds
 @pytest.mark.parametrize("config", ["ddp", "fsdp"])
 def test_sft_on_two_processes_trains_the_single_process_weights(
     config,
@@ -111,6 +111,7 @@ def test_sft_on_two_processes_trains_the_single_process_weights(
     assert_same_weights(single_sft, tmp_path / config)
 
 
+@pytest.mark.slow  # two Python processes under accelerate launch: tens of seconds
 def test_ddp_killed_then_resumed_trains_the_single_process_weights(
     single_sft,
     tmp_path,
@@ -131,6 +132,7 @@ def test_ddp_killed_then_resumed_trains_the_single_process_weights(
     assert_same_weights(single_sft, tmp_path / "killed")
 
 
+@pytest.mark.slow  # two Python processes under accelerate launch: tens of seconds
 def test_dpo_under_ddp_trains_the_single_process_weights(sft_checkpoint, tmp_path):
     from avllm.train.dpo import run_dpo
 
@@ -155,6 +157,7 @@ def features_cli(preset: str, data: Path, cache: Path, *extra: str, ranks: int =
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # two Python processes under accelerate launch: tens of seconds
 def test_features_sharded_over_two_processes_cache_every_clip_once(tmp_path, tiny_preset, dataset_dir):
     data, cache = dataset_dir / "train.jsonl", tmp_path / "cache"
     out, err = features_cli(tiny_preset, data, cache, ranks=2).communicate(timeout=300)
@@ -167,3 +170,19 @@ def test_features_sharded_over_two_processes_cache_every_clip_once(tmp_path, tin
     assert not list(cache.glob("*/*/*.tmp*"))
     again, _ = features_cli(tiny_preset, data, cache).communicate(timeout=300)  # a resumed or later run
     assert "4 clips: 4 cached already, 0 built, 0 rebuilt" in again
+
+
+def test_deepspeed_zero2_config_becomes_a_stage_2_deepspeed_config():
+    """DeepSpeed needs CUDA, so no run on the CPU: the shipped file must at least parse as accelerate
+    reads it and give DeepSpeed the settings it names (docs/training.md)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    config = load_config_from_file(str(REPO / "configs" / "accelerate" / "deepspeed-zero2.yaml"))
+    assert config.distributed_type == DistributedType.DEEPSPEED and config.mixed_precision == "bf16"
+    ds = DeepSpeedPlugin(**config.deepspeed_config).deepspeed_config
+    assert ds["zero_optimization"]["stage"] == 2
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "none"
+    assert ds["zero_optimization"]["offload_param"]["device"] == "none"
+    assert (ds["gradient_accumulation_steps"], ds["gradient_clipping"]) == (1, 1.0)
+    assert ds["train_micro_batch_size_per_gpu"] == "auto"  # the Trainer fills in the recipe's batch size

@@ -15,11 +15,13 @@ def test_weights_take_whole_copies_and_a_seeded_share(dataset_dir):  # noqa: F81
     data = str(dataset_dir / "train.jsonl")
     mix = [DataSource(data, 2.0), DataSource(data, 0.5)]
     records = load_mix(mix, "instruction", seed=0)
-    assert len(records) == 4 * 2 + 2
-    assert sorted(r.id for r in records[:8]) == sorted(["r0", "r1", "r2", "r3"] * 2)
-    assert len({r.id for r in records[8:]}) == 2  # drawn without replacement
-    assert [r.id for r in load_mix(mix, "instruction", seed=0)] == [r.id for r in records]  # resumable
-    draws = {tuple(r.id for r in load_mix(mix, "instruction", seed=s)[8:]) for s in range(8)}
+    ids = [r.id for r in records]  # read from disk one by one: the mix holds references only
+    assert len(records) == 4 * 2 + 2 and records.files[0].offsets.itemsize * len(records.files[0]) == 32
+    assert sorted(ids[:8]) == sorted(["r0", "r1", "r2", "r3"] * 2)
+    assert len(set(ids[8:])) == 2  # drawn without replacement
+    assert records[0].conversations[1]["content"] == "A low tone." and records[0].media == dataset_dir / "clip0.mp4"
+    assert [r.id for r in load_mix(mix, "instruction", seed=0)] == ids  # resumable
+    draws = {tuple(r.id for r in load_mix(mix, "instruction", seed=s))[8:] for s in range(8)}
     assert len(draws) > 1  # the seed chooses the share
 
 

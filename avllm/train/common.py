@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +101,15 @@ def starts_from_checkpoint(cfg: TrainConfig) -> bool:
     return (Path(cfg.model) / CONFIG_FILE).is_file()
 
 
-def fit_fresh_projectors(model: AVLLM, cfg: TrainConfig, cache: FeatureCache, media: list[Path]) -> None:
-    """Projectors that start from scratch first fit their input standardisation on a sample of the
-    stage's clips; a checkpoint carries its own (and resuming restores it)."""
+def fit_fresh_projectors(model: AVLLM, cfg: TrainConfig, cache: FeatureCache, media: Iterable[Path]) -> None:
+    """Projectors that start from scratch first fit their input standardisation on the stage's first
+    distinct clips; a checkpoint carries its own (and resuming restores it)."""
     if not starts_from_checkpoint(cfg):
-        sample = list(dict.fromkeys(media))[:STATS_CLIPS]
+        sample: dict[Path, None] = {}
+        for path in media:
+            sample.setdefault(path)
+            if len(sample) == STATS_CLIPS:
+                break
         model.fit_projector_inputs([cache.get(m) for m in sample])
 
 

@@ -129,7 +129,7 @@ def run_dpo(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     collator = PairCollator(model.tokenizer.pad_token_id)
     with args.main_process_first(desc="feature cache"):
         dataset = PreferenceDataset(records, cache, model, cfg.max_length)
-    fit_fresh_projectors(model, cfg, cache, [record.media for record, _ in dataset.examples])
+    fit_fresh_projectors(model, cfg, cache, (dataset.examples.record(i).media for i in range(len(dataset))))
     saved = Path(cfg.output_dir) / REFERENCE_FILE
     with args.main_process_first(desc="reference log-probs"):  # the other ranks then read rank 0's file
         if saved.is_file() and len(load_file(saved)["logps"]) == len(dataset):

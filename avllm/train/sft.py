@@ -31,7 +31,7 @@ def run_sft(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     cache = feature_cache(model, cfg)
     with args.main_process_first(desc="feature cache"):
         dataset = InstructionDataset(records, cache, model, cfg.max_length)
-    fit_fresh_projectors(model, cfg, cache, [record.media for record, _ in dataset.examples])
+    fit_fresh_projectors(model, cfg, cache, (dataset.examples.record(i).media for i in range(len(dataset))))
     trainer = AVTrainer(
         model=TrainableAVLLM(model),
         args=args,
