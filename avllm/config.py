@@ -393,6 +393,8 @@ class TrainConfig(Settings):
 
     def sources(self) -> list[DataSource]:
         """The data mix: one file of weight 1 when `data` names a single file."""
+        if not self.data:
+            raise ConfigError("data: no data file; set data: FILE.jsonl, or a list of {path, weight}")
         return [DataSource(self.data)] if isinstance(self.data, str) else self.data
 
 

@@ -6,6 +6,7 @@ import pytest
 from test_train import dataset_dir  # noqa: F401
 
 from avllm.config import DataSource, TrainConfig, from_dict
+from avllm.data import formats
 from avllm.data.cache import shard
 from avllm.data.mix import load_mix
 from avllm.errors import ConfigError, DataError
@@ -64,3 +65,16 @@ def test_shards_split_the_distinct_clips_without_overlap(monkeypatch, tmp_path):
     for bad in ("3/3", "1", "a/b", "-1/2"):
         with pytest.raises(ConfigError, match=f"--shard {bad}: expected auto or I/N"):
             shard(clips, bad)
+
+
+def test_streaming_index_finds_what_validate_finds(dataset_dir, tmp_path):  # noqa: F811
+    lines = (dataset_dir / "train.jsonl").read_text().splitlines()
+    broken = json.loads(lines[1])
+    broken["conversations"] = [{"role": "assistant", "content": "no video"}]
+    rows = [lines[0], "{oops", json.dumps(broken), lines[0], "[1]", "", json.dumps({"id": "m", "media": "gone.mp4"})]
+    path = dataset_dir / "mixed-bag.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    records, problems = formats.validate(path, "instruction")
+    indexed, found = formats.index(path, "instruction")
+    assert sorted(map(str, found)) == sorted(map(str, problems)) and len(problems) >= 5
+    assert [(r.id, r.line, r.media) for r in indexed] == [(r.id, r.line, r.media) for r in records]
