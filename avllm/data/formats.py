@@ -367,15 +367,22 @@ class RecordFile(Sequence):
     def __init__(self, path: Path, fmt: str, allow_outside_media: bool, offsets: array, lines: array):
         self.path, self.fmt, self.allow_outside_media = path, fmt, allow_outside_media
         self.offsets, self.lines = offsets, lines
+        self.root = Path(os.path.abspath(path.parent))
+        self._file: tuple[int, Any] | None = None  # (pid, open file): a forked data-loader worker opens its own
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None}
 
     def __len__(self) -> int:
         return len(self.offsets)
 
     def __getitem__(self, index: int) -> Record:  # type: ignore[override]
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offsets[index])
-            data = json.loads(fh.readline())
-        media, _ = media_problem(Path(os.path.abspath(self.path.parent)), data["media"], self.allow_outside_media)
+        if self._file is None or self._file[0] != os.getpid():
+            self._file = (os.getpid(), open(self.path, "rb"))  # kept open for the next reads
+        fh = self._file[1]
+        fh.seek(self.offsets[index])
+        data = json.loads(fh.readline())
+        media, _ = media_problem(self.root, data["media"], self.allow_outside_media)
         return _build(self.fmt, data, media, self.lines[index])
 
 
@@ -388,6 +395,7 @@ def index(
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the path")
     offsets, lines = array("q"), array("q")
+    root = Path(os.path.abspath(path.parent))
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     with open(path, "rb") as fh:
@@ -409,7 +417,10 @@ def index(
                     Problem(str(path), number, "(line)", f"must be a JSON object, got {type(data).__name__}")
                 )
                 continue
-            found = check_record(data, fmt, path, number, allow_outside_media, check_media)
+            c, missing = _Checker(path, number), []
+            _check_common(c, data, fmt, root, allow_outside_media, check_media, missing)
+            CHECKS[fmt](c, data)
+            found = c.problems + missing
             rid = str(data.get("id"))
             if "id" in data and rid in seen:
                 found.append(
