@@ -169,14 +169,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     quiet_libraries()
-    from .data.cache import FeatureCache, dataset_media
+    from .data.cache import FeatureCache, dataset_media, shard
     from .model import AVLLM
 
-    media = dataset_media(args.data, allow_outside_media=args.allow_outside_media)
+    media, index, count = shard(dataset_media(args.data, allow_outside_media=args.allow_outside_media), args.shard)
     cache = FeatureCache(AVLLM.load(args.model), args.cache)
     stats = cache.build(media)
+    part = f"shard {index}/{count}: " if count > 1 else ""
     print(
-        f"{len(set(media))} clips: {stats['hits']} cached already, {stats['built']} built, "
+        f"{part}{len(media)} clips: {stats['hits']} cached already, {stats['built']} built, "
         f"{stats['rebuilt']} rebuilt; in {cache.folder}"
     )
     return 0
@@ -262,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--model", default=DEFAULT_MODEL)
     features.add_argument("--cache", default=None, help="cache folder (default ~/.cache/avllm/features)")
     features.add_argument("--allow-outside-media", action="store_true", help="let media paths leave the dataset folder")
+    features.add_argument(
+        "--shard",
+        default="auto",
+        help="this process's share of the clips: auto (RANK/WORLD_SIZE under accelerate launch or torchrun) or I/N",
+    )
     features.set_defaults(func=cmd_features)
 
     convert = sub.add_parser("convert", help="build the cached offline weights of a preset")

@@ -107,7 +107,15 @@ def _check(hint: Any, value: Any, path: str) -> Any:
                 if exc.path != path:  # a problem inside a nested mapping
                     raise
                 raise FieldError(path, f"{exc.problem}, or null") from None
-        raise TypeError(f"{path}: unions of several types are not supported in configs")
+        problems = []
+        for option in options:  # the first that fits, in the order the hint lists them
+            try:
+                return _check(option, value, path)
+            except FieldError as exc:
+                if exc.path != path:  # the value has this option's shape, with a bad part inside
+                    raise
+                problems.append(exc.problem)
+        raise FieldError(path, "; ".join(problems))
     if origin is Literal:
         if value in args and type(value) in {type(a) for a in args}:
             return value
@@ -332,12 +340,26 @@ def load_model_config(spec: str) -> ModelConfig:
 
 
 @dataclass
+class DataSource(Settings):
+    """One file of a recipe's data mix."""
+
+    path: str = ""  # an instruction JSONL (sft) or preference JSONL (dpo)
+    # sampling ratio over an epoch: the file's records are taken this many times (2: each twice;
+    # 0.5: a seeded random half); docs/training.md gives the exact rule
+    weight: float = 1.0
+
+    def limits(self) -> list[tuple[str, bool, str]]:
+        return [("path", bool(self.path), "a file path"), ("weight", self.weight > 0, "above 0")]
+
+
+@dataclass
 class TrainConfig(Settings):
     """One training run (a stage of SFT, or DPO): a recipe (avllm/presets/train/*.yaml) or a YAML file."""
 
     stage: Literal["align", "instruct", "dpo"] = "instruct"  # align (projectors only), instruct (+ LoRA), dpo
     model: str = "starter"  # where to start: a preset, a YAML file or a checkpoint folder
-    data: str = ""  # instruction JSONL (sft) or preference JSONL (dpo)
+    # instruction JSONL (sft) or preference JSONL (dpo), or a mix: a list of {path, weight}
+    data: str | list[DataSource] = ""
     output_dir: str = "runs/starter"
     allow_outside_media: bool = False  # let media paths leave the dataset's folder
     feature_cache: str | None = None  # folder of cached encoder outputs; None = cache_dir()/features
@@ -390,6 +412,12 @@ class TrainConfig(Settings):
             ("dataloader_workers", self.dataloader_workers >= 0, "0 (the main process) or more"),
             ("beta", self.beta > 0, "above 0"),
         ]
+
+    def sources(self) -> list[DataSource]:
+        """The data mix: one file of weight 1 when `data` names a single file."""
+        if not self.data:
+            raise ConfigError("data: no data file; set data: FILE.jsonl, or a list of {path, weight}")
+        return [DataSource(self.data)] if isinstance(self.data, str) else self.data
 
 
 def list_recipes() -> list[str]:

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from tqdm.auto import tqdm
 
 from ..config import cache_dir
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..model import AVLLM, EncodedClip
@@ -144,6 +145,22 @@ class FeatureCache:
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
             log.warning("feature cache entry %s for %s is unusable (%s); rebuilding it", path, media, exc)
             return None
+
+
+def shard(media: list[Path], spec: str = "auto") -> tuple[list[Path], int, int]:
+    """This process's share of a dataset's distinct clips, (its clips, index, count): every count-th
+    clip from its index, in sorted order, so the shards never overlap and together hold every clip.
+    `auto` takes the index and count from RANK and WORLD_SIZE, as `accelerate launch` and torchrun set
+    them (one shard without them); `I/N` names them, for machines started on their own."""
+    if spec == "auto":
+        index, count = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    else:
+        left, sep, right = spec.partition("/")
+        if not (sep and left.isdigit() and right.isdigit() and int(left) < int(right)):
+            raise ConfigError(f"--shard {spec}: expected auto or I/N with 0 <= I < N, e.g. 0/4")
+        index, count = int(left), int(right)
+    unique = sorted(set(os.path.abspath(m) for m in media))
+    return [Path(m) for m in unique[index::count]], index, count
 
 
 def dataset_media(path: str | os.PathLike, allow_outside_media: bool = False) -> list[Path]:

@@ -1,13 +1,14 @@
 """Instruction records -> tokenized examples with their cached clip features -> padded batches.
 
-Tokenization happens once, up front, so over-long examples are dropped (and counted)
-before training starts rather than failing mid-run; each item then only reads its clip's
-features from the cache.
+Every record is tokenized once up front, so over-long examples are dropped (and counted)
+before training starts rather than failing mid-run; only the kept records' indices stay in
+memory, and each item is read, tokenized and given its clip's cached features when asked for.
 """
 
 from __future__ import annotations
 
 import logging
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,31 +25,46 @@ from .formats import InstructionRecord, PreferenceRecord
 log = logging.getLogger(__name__)
 
 
-def build_examples(
-    records: Sequence[Any],
-    cache: FeatureCache,
-    tokenize: Callable[[Any, EncodedClip], list[ChatTokens]],
-    max_length: int,
-    what: str,
-) -> list[tuple[Any, list[ChatTokens]]]:
-    """Tokenize every record against its clip's layout; drop (and report) those over max_length."""
-    kept, dropped = [], []
-    for record in tqdm(records, desc=f"tokenizing {what}", unit="record"):
-        parts = tokenize(record, cache.get(record.media))
-        if max(len(p.input_ids) for p in parts) > max_length:
-            dropped.append(record.id)
-        else:
-            kept.append((record, parts))
-    if dropped:
-        log.warning(
-            "dropped %d of %d %s longer than max_length=%d tokens (first: %s)",
-            len(dropped),
-            len(records),
-            what,
-            max_length,
-            ", ".join(dropped[:5]),
-        )
-    return kept
+class Examples(Sequence):
+    """The records that fit max_length, each read and tokenized when asked for: what is held is
+    the records' indices (8 bytes each), so the set may be far larger than memory."""
+
+    def __init__(
+        self,
+        records: Sequence[Any],
+        cache: FeatureCache,
+        tokenize: Callable[[Any, EncodedClip], list[ChatTokens]],
+        max_length: int,
+        what: str,
+    ):
+        self.records, self.cache, self.tokenize = records, cache, tokenize
+        self.kept: array = array("q")
+        dropped = []
+        for number, record in enumerate(tqdm(records, desc=f"tokenizing {what}", unit="record")):
+            parts = tokenize(record, cache.get(record.media))
+            if max(len(p.input_ids) for p in parts) > max_length:
+                dropped.append(record.id)
+            else:
+                self.kept.append(number)
+        if dropped:
+            log.warning(
+                "dropped %d of %d %s longer than max_length=%d tokens (first: %s)",
+                len(dropped),
+                len(records),
+                what,
+                max_length,
+                ", ".join(dropped[:5]),
+            )
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def record(self, index: int) -> Any:
+        return self.records[self.kept[index]]
+
+    def __getitem__(self, index: int) -> tuple[Any, list[ChatTokens]]:  # type: ignore[override]
+        record = self.record(index)
+        return record, self.tokenize(record, self.cache.get(record.media))
 
 
 class InstructionDataset(Dataset):
@@ -56,7 +72,7 @@ class InstructionDataset(Dataset):
 
     def __init__(self, records: Sequence[InstructionRecord], cache: FeatureCache, model: AVLLM, max_length: int):
         self.cache = cache
-        self.examples = build_examples(
+        self.examples = Examples(
             records,
             cache,
             lambda r, enc: [model.tokenize(r.conversations, enc, add_generation_prompt=False)],
@@ -108,7 +124,7 @@ class PreferenceDataset(Dataset):
                 pair.append(ChatTokens(tokens.input_ids, [IGNORE_INDEX] * start + tokens.labels[start:]))
             return pair
 
-        self.examples = build_examples(records, cache, tokenize, max_length, "preference pairs")
+        self.examples = Examples(records, cache, tokenize, max_length, "preference pairs")
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,6 +357,83 @@ def load(
     if problems:
         raise DataError(describe_problems(path, fmt, problems))
     return records
+
+
+class RecordFile(Sequence):
+    """A validated JSONL file's records, read from disk when asked for: it holds each good record's
+    byte offset and line (16 bytes a record), never the records, so a million-record file costs
+    megabytes. Built by `index`."""
+
+    def __init__(self, path: Path, fmt: str, allow_outside_media: bool, offsets: array, lines: array):
+        self.path, self.fmt, self.allow_outside_media = path, fmt, allow_outside_media
+        self.offsets, self.lines = offsets, lines
+        self.root = Path(os.path.abspath(path.parent))
+        self._file: tuple[int, Any] | None = None  # (pid, open file): a forked data-loader worker opens its own
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None}
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, index: int) -> Record:  # type: ignore[override]
+        if self._file is None or self._file[0] != os.getpid():
+            self._file = (os.getpid(), open(self.path, "rb"))  # kept open for the next reads
+        fh = self._file[1]
+        fh.seek(self.offsets[index])
+        data = json.loads(fh.readline())
+        media, _ = media_problem(self.root, data["media"], self.allow_outside_media)
+        return _build(self.fmt, data, media, self.lines[index])
+
+
+def index(
+    path: str | os.PathLike, fmt: str, check_media: bool = True, allow_outside_media: bool = False
+) -> tuple[RecordFile, list[Problem]]:
+    """`validate` line by line: the good records as a `RecordFile`, and every problem found. Memory
+    holds one line at a time, the good records' offsets, and the ids seen (for duplicates)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the path")
+    offsets, lines = array("q"), array("q")
+    root = Path(os.path.abspath(path.parent))
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    with open(path, "rb") as fh:
+        offset = 0
+        for number, raw in enumerate(fh, start=1):
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                data = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}: not UTF-8 text ({exc}); save the file as UTF-8 JSONL") from exc
+            except json.JSONDecodeError as exc:
+                message = f"not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object"
+                problems.append(Problem(str(path), number, "(line)", message))
+                continue
+            if not isinstance(data, dict):
+                problems.append(
+                    Problem(str(path), number, "(line)", f"must be a JSON object, got {type(data).__name__}")
+                )
+                continue
+            c, missing = _Checker(path, number), []
+            _check_common(c, data, fmt, root, allow_outside_media, check_media, missing)
+            CHECKS[fmt](c, data)
+            found = c.problems + missing
+            rid = str(data.get("id"))
+            if "id" in data and rid in seen:
+                found.append(
+                    Problem(str(path), number, "id", f"{rid!r} already used on line {seen[rid]}; ids must be unique")
+                )
+            seen.setdefault(rid, number)
+            problems += found
+            if not found:
+                offsets.append(start)
+                lines.append(number)
+    if not offsets and not problems:
+        problems.append(Problem(str(path), 0, "(file)", "holds no records"))
+    return RecordFile(path, fmt, allow_outside_media, offsets, lines), problems
 
 
 def describe_problems(path: str | os.PathLike, fmt: str, problems: list[Problem]) -> str:

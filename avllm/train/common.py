@@ -12,13 +12,14 @@ import dataclasses
 import json
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 
 from ..config import LoraConfig, ModelConfig, TrainConfig, load_model_config, to_dict
@@ -32,7 +33,10 @@ STATS_CLIPS = 256  # clips sampled to fit fresh projectors' input standardisatio
 
 
 def build_model(cfg: TrainConfig) -> AVLLM:
-    """The model a stage starts from: the preset or checkpoint named by cfg.model, prepared for the stage."""
+    """The model a stage starts from: the preset or checkpoint named by cfg.model, prepared for the stage.
+    Seeded first, so a fresh adapter starts alike in every run and on every rank (a rerun, a resumed
+    run and a multi-process run then train the same weights)."""
+    set_seed(cfg.seed)
     model = prepare_for_stage(AVLLM.from_config(stage_model_config(cfg), default_device()), cfg)
     model.llm.set_attn_implementation(cfg.attention)  # a peft wrapper passes it to the LLM
     if starts_from_checkpoint(cfg):
@@ -97,11 +101,15 @@ def starts_from_checkpoint(cfg: TrainConfig) -> bool:
     return (Path(cfg.model) / CONFIG_FILE).is_file()
 
 
-def fit_fresh_projectors(model: AVLLM, cfg: TrainConfig, cache: FeatureCache, media: list[Path]) -> None:
-    """Projectors that start from scratch first fit their input standardisation on a sample of the
-    stage's clips; a checkpoint carries its own (and resuming restores it)."""
+def fit_fresh_projectors(model: AVLLM, cfg: TrainConfig, cache: FeatureCache, media: Iterable[Path]) -> None:
+    """Projectors that start from scratch first fit their input standardisation on the stage's first
+    distinct clips; a checkpoint carries its own (and resuming restores it)."""
     if not starts_from_checkpoint(cfg):
-        sample = list(dict.fromkeys(media))[:STATS_CLIPS]
+        sample: dict[Path, None] = {}
+        for path in media:
+            sample.setdefault(path)
+            if len(sample) == STATS_CLIPS:
+                break
         model.fit_projector_inputs([cache.get(m) for m in sample])
 
 
@@ -239,6 +247,10 @@ def finish(trainer: AVTrainer, cfg: TrainConfig, metrics: dict[str, Any]) -> Pat
     trainer.save_model(str(out))
     if trainer.args.should_save:
         (out / "train_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        history = {"log_history": trainer.state.log_history}
+        accelerator = trainer.accelerator
+        history = {
+            "distributed": {"type": accelerator.distributed_type.value, "processes": accelerator.num_processes},
+            "log_history": trainer.state.log_history,
+        }
         (out / "train_metrics.json").write_text(json.dumps({**metrics, **history}, indent=2))
     return out

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..data import formats
 from ..data.dataset import PairCollator, PreferenceDataset
+from ..data.mix import load_mix
 from ..errors import ConfigError
 from ..model import AVLLM
 from .common import (
@@ -122,22 +122,23 @@ def run_dpo(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     cfg = resolve_precision(cfg)
     start = time.perf_counter()
     args = training_arguments(dataclasses.replace(cfg, group_by_length=False))  # pairs keep their random order
-    records = formats.load(cfg.data, "preference", allow_outside_media=cfg.allow_outside_media)
+    records = load_mix(cfg.sources(), "preference", cfg.seed, cfg.allow_outside_media)
     model = build_model(cfg)
     without_lora_dropout(model)
     cache = feature_cache(model, cfg)
     collator = PairCollator(model.tokenizer.pad_token_id)
     with args.main_process_first(desc="feature cache"):
         dataset = PreferenceDataset(records, cache, model, cfg.max_length)
-    fit_fresh_projectors(model, cfg, cache, [record.media for record, _ in dataset.examples])
+    fit_fresh_projectors(model, cfg, cache, (dataset.examples.record(i).media for i in range(len(dataset))))
     saved = Path(cfg.output_dir) / REFERENCE_FILE
-    if saved.is_file() and len(load_file(saved)["logps"]) == len(dataset):
-        dataset.reference = load_file(saved)["logps"]
-    else:
-        dataset.reference = reference_logps(model, dataset, collator, cfg.batch_size, cfg.dpo_loss)
-        if args.should_save:
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"logps": dataset.reference}, saved)
+    with args.main_process_first(desc="reference log-probs"):  # the other ranks then read rank 0's file
+        if saved.is_file() and len(load_file(saved)["logps"]) == len(dataset):
+            dataset.reference = load_file(saved)["logps"]
+        else:
+            dataset.reference = reference_logps(model, dataset, collator, cfg.batch_size, cfg.dpo_loss)
+            if args.should_save:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                save_file({"logps": dataset.reference}, saved)
     trainer = DPOTrainer(
         model=TrainableAVLLM(model),
         args=args,

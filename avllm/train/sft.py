@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..data import formats
 from ..data.dataset import Collator, InstructionDataset
+from ..data.mix import load_mix
 from .common import (
     AVTrainer,
     TrainableAVLLM,
@@ -26,12 +26,12 @@ def run_sft(cfg: TrainConfig, resume: str | None = "auto") -> Path:
     cfg = resolve_precision(cfg)
     start = time.perf_counter()
     args = training_arguments(cfg)
-    records = formats.load(cfg.data, "instruction", allow_outside_media=cfg.allow_outside_media)
+    records = load_mix(cfg.sources(), "instruction", cfg.seed, cfg.allow_outside_media)
     model = build_model(cfg)
     cache = feature_cache(model, cfg)
     with args.main_process_first(desc="feature cache"):
         dataset = InstructionDataset(records, cache, model, cfg.max_length)
-    fit_fresh_projectors(model, cfg, cache, [record.media for record, _ in dataset.examples])
+    fit_fresh_projectors(model, cfg, cache, (dataset.examples.record(i).media for i in range(len(dataset))))
     trainer = AVTrainer(
         model=TrainableAVLLM(model),
         args=args,
