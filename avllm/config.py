@@ -30,7 +30,6 @@ from .errors import ConfigError, ModelLoadError
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout, for tests; nothing installed may depend on it
 PACKAGE = resources.files(__package__)  # presets and the trained starter ship inside it
 
 T = TypeVar("T")

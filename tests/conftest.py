@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
 from avllm.config import (
-    REPO_ROOT,
     LoraConfig,
     MediaConfig,
     ModelConfig,

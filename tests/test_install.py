@@ -17,8 +17,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
-from avllm.config import REPO_ROOT
 from avllm.data.synth import sample_facts
 from avllm.data.synth_media import render_clip
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 from gradio_client import Client, handle_file
 from serve_fixtures import MAX_DURATION, MAX_UPLOAD_MB, SHARED_CLIPS
 
-from avllm.config import REPO_ROOT
 from avllm.serve.ui import NO_CLIP
 
 CHROMIUM = "/usr/bin/chromium"
