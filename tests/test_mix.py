@@ -67,14 +67,15 @@ def test_shards_split_the_distinct_clips_without_overlap(monkeypatch, tmp_path):
             shard(clips, bad)
 
 
-def test_streaming_index_finds_what_validate_finds(dataset_dir, tmp_path):  # noqa: F811
+def test_streaming_index_reads_back_only_good_records_and_lists_every_problem(dataset_dir, tmp_path):  # noqa: F811
     lines = (dataset_dir / "train.jsonl").read_text().splitlines()
     broken = json.loads(lines[1])
     broken["conversations"] = [{"role": "assistant", "content": "no video"}]
     rows = [lines[0], "{oops", json.dumps(broken), lines[0], "[1]", "", json.dumps({"id": "m", "media": "gone.mp4"})]
     path = dataset_dir / "mixed-bag.jsonl"
     path.write_text("\n".join(rows) + "\n")
-    records, problems = formats.validate(path, "instruction")
-    indexed, found = formats.index(path, "instruction")
-    assert sorted(map(str, found)) == sorted(map(str, problems)) and len(problems) >= 5
-    assert [(r.id, r.line, r.media) for r in indexed] == [(r.id, r.line, r.media) for r in records]
+    indexed, problems = formats.index(path, "instruction")
+    first = json.loads(lines[0])
+    assert [(r.id, r.line, r.media) for r in indexed] == [(first["id"], 1, dataset_dir / first["media"])]
+    assert sorted({p.line for p in problems}) == [2, 3, 4, 5, 7]  # bad JSON, bad turns, duplicate id, not an object
+    assert any(p.line == 7 and "not found" in p.message for p in problems)  # and the missing clip

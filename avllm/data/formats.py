@@ -124,33 +124,6 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> i
     return n
 
 
-def read_jsonl(path: str | os.PathLike) -> tuple[list[tuple[int, Any]], list[Problem]]:
-    """(line number, parsed value) for each non-blank line, and a problem per unreadable line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; check the path")
-    rows, problems = [], []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc}); save the file as UTF-8 JSONL") from exc
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((number, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            problems.append(
-                Problem(
-                    str(path),
-                    number,
-                    "(line)",
-                    f"not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object",
-                )
-            )
-    return rows, problems
-
-
 def media_problem(root: Path, media: Any, allow_outside_media: bool) -> tuple[Path | None, str | None]:
     """Resolve a record's media path; a message when it is not a usable relative path."""
     if not isinstance(media, str) or not media.strip():
@@ -288,6 +261,19 @@ def _check_qa(c: _Checker, data: dict) -> None:
 CHECKS = {"instruction": _check_instruction, "preference": _check_preference, "qa": _check_qa}
 
 
+def _check_line(
+    data: Any, fmt: str, path: Path, line: int, allow_outside_media: bool, check_media: bool
+) -> tuple[list[Problem], list[Problem]]:
+    """One parsed line's problems (ids aside), split into those that drop the record and missing
+    media files (listed, but the record kept: eval counts and skips them)."""
+    if not isinstance(data, dict):
+        return [Problem(str(path), line, "(line)", f"must be a JSON object, got {type(data).__name__}")], []
+    c, missing = _Checker(path, line), []
+    _check_common(c, data, fmt, Path(os.path.abspath(path.parent)), allow_outside_media, check_media, missing)
+    CHECKS[fmt](c, data)
+    return c.problems, missing
+
+
 def check_record(
     data: dict,
     fmt: str,
@@ -297,11 +283,8 @@ def check_record(
     check_media: bool = True,
 ) -> list[Problem]:
     """One record's problems, as `validate` finds them (ids aside): for writers that stream records out."""
-    c = _Checker(Path(path), line)
-    missing: list[Problem] = []
-    _check_common(c, data, fmt, Path(os.path.abspath(Path(path).parent)), allow_outside_media, check_media, missing)
-    CHECKS[fmt](c, data)
-    return c.problems + missing
+    errors, missing = _check_line(data, fmt, Path(path), line, allow_outside_media, check_media)
+    return errors + missing
 
 
 def _build(fmt: str, data: dict, media: Path, line: int) -> Record:
@@ -321,32 +304,8 @@ def validate(
     path: str | os.PathLike, fmt: str, check_media: bool = True, allow_outside_media: bool = False
 ) -> tuple[list[Record], list[Problem]]:
     """All records that passed and every problem found (bad fields, duplicate ids, missing media)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    path = Path(path)
-    root = Path(os.path.abspath(path.parent))
-    rows, problems = read_jsonl(path)
-    missing: list[Problem] = []
-    records: list[Record] = []
-    seen: dict[str, int] = {}
-    for line, data in rows:
-        c = _Checker(path, line)
-        if not isinstance(data, dict):
-            c.add("(line)", f"must be a JSON object, got {type(data).__name__}")
-            problems += c.problems
-            continue
-        media = _check_common(c, data, fmt, root, allow_outside_media, check_media, missing)
-        CHECKS[fmt](c, data)
-        rid = str(data.get("id"))
-        if "id" in data and rid in seen:
-            c.add("id", f"{rid!r} already used on line {seen[rid]}; ids must be unique")
-        seen.setdefault(rid, line)
-        problems += c.problems
-        if not c.problems and media is not None:
-            records.append(_build(fmt, data, media, line))
-    if not rows and not problems:
-        problems.append(Problem(str(path), 0, "(file)", "holds no records"))
-    return records, problems + missing
+    records, problems = index(path, fmt, check_media, allow_outside_media)
+    return list(records), problems
 
 
 def load(
@@ -389,13 +348,13 @@ class RecordFile(Sequence):
 def index(
     path: str | os.PathLike, fmt: str, check_media: bool = True, allow_outside_media: bool = False
 ) -> tuple[RecordFile, list[Problem]]:
-    """`validate` line by line: the good records as a `RecordFile`, and every problem found. Memory
-    holds one line at a time, the good records' offsets, and the ids seen (for duplicates)."""
+    """Check a file line by line: the good records (a missing media file listed but its record kept)
+    as a `RecordFile`, and every problem found. Memory holds one line at a time, the good records'
+    offsets, and the ids seen (for duplicates)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the path")
     offsets, lines = array("q"), array("q")
-    root = Path(os.path.abspath(path.parent))
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     with open(path, "rb") as fh:
@@ -412,23 +371,15 @@ def index(
                 message = f"not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object"
                 problems.append(Problem(str(path), number, "(line)", message))
                 continue
-            if not isinstance(data, dict):
-                problems.append(
-                    Problem(str(path), number, "(line)", f"must be a JSON object, got {type(data).__name__}")
-                )
-                continue
-            c, missing = _Checker(path, number), []
-            _check_common(c, data, fmt, root, allow_outside_media, check_media, missing)
-            CHECKS[fmt](c, data)
-            found = c.problems + missing
-            rid = str(data.get("id"))
-            if "id" in data and rid in seen:
-                found.append(
-                    Problem(str(path), number, "id", f"{rid!r} already used on line {seen[rid]}; ids must be unique")
-                )
-            seen.setdefault(rid, number)
-            problems += found
-            if not found:
+            errors, missing = _check_line(data, fmt, path, number, allow_outside_media, check_media)
+            if isinstance(data, dict):
+                rid = str(data.get("id"))
+                if "id" in data and rid in seen:
+                    message = f"{rid!r} already used on line {seen[rid]}; ids must be unique"
+                    errors.append(Problem(str(path), number, "id", message))
+                seen.setdefault(rid, number)
+            problems += errors + missing
+            if not errors:
                 offsets.append(start)
                 lines.append(number)
     if not offsets and not problems:
