@@ -78,7 +78,8 @@ def report_header(model, enc) -> list[str]:  # noqa: ANN001 - AVLLM and EncodedC
     from .inference import model_warnings
 
     lines += [f"[warning: {w}]" for w in model_warnings(model) + facts.warnings]
-    lines += [f"[truncated: {t}]" for t in facts.truncated]
+    lines += [f'[heard at {s.start:.1f} s: "{s.text}"]' for s in enc.subtitles]
+    lines += [f"[truncated: {t}]" for t in enc.truncated]
     return lines
 
 
@@ -185,8 +186,10 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synth import synthesize
+    from .data.synth_speech import synthesize_speech
 
-    summary = synthesize(args.out, args.n, args.seed, workers=args.workers, heldout_frac=args.heldout_frac)
+    make = synthesize_speech if args.speech else synthesize
+    summary = make(args.out, args.n, args.seed, workers=args.workers, heldout_frac=args.heldout_frac)
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts.items())
     print(f"{summary.out}: {counts}; seed {summary.seed}, {summary.seconds:.1f} s")
     return 0
@@ -305,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.1,
         help="share of spoken clips using held-out words (test-only; reported apart)",
+    )
+    synth.add_argument(
+        "--speech",
+        action="store_true",
+        help="clips with spoken sentences instead, transcribed by the starter's Whisper: speech.jsonl (questions "
+        "answered from the subtitles) and speech-qa.jsonl (avllm/data/synth_speech.py)",
     )
     synth.set_defaults(func=cmd_synth)
 

@@ -116,6 +116,8 @@ def _check(hint: Any, value: Any, path: str) -> Any:
                 problems.append(exc.problem)
         raise FieldError(path, "; ".join(problems))
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads off/no and on/yes as booleans: take the word meant
+            value = next((a for a in args if a in (("on", "yes") if value else ("off", "no"))), value)
         if value in args and type(value) in {type(a) for a in args}:
             return value
         raise FieldError(path, f"{value!r} is not one of {', '.join(map(repr, args))}")
@@ -226,6 +228,12 @@ class ModelConfig(Settings):
     # for facts that span frames (which shape came first, which way things move).
     summary_tokens: int = 0
     time_marks: bool = False  # put "t=3s" text before each slot
+    # Speech as text: "auto" transcribes each clip with the audio encoder's own Whisper (faster-whisper,
+    # when the spec is a CTranslate2 folder or a released model name) and writes each segment, with its
+    # start time, into the slot where it is spoken; "off" never transcribes.
+    subtitles: Literal["auto", "off"] = "off"
+    # At most this many prompt tokens of subtitles; later segments are left out and reported.
+    subtitle_tokens: int = 256
     # LLM and projector dtype: float32, bfloat16, float16, or auto (bfloat16 where the device computes
     # in it: CUDA with bf16, CPUs with AVX512-BF16 or AMX; float32 elsewhere, where bf16 is emulated).
     dtype: Dtype = "float32"
@@ -243,6 +251,7 @@ class ModelConfig(Settings):
             ("visual_tokens_per_slot", self.visual_tokens_per_slot >= 1, "at least 1"),
             ("audio_tokens_per_slot", self.audio_tokens_per_slot >= 1, "at least 1"),
             ("summary_tokens", self.summary_tokens >= 0, "0 (none) or more"),
+            ("subtitle_tokens", self.subtitle_tokens >= 1, "at least 1"),
         ]
 
 
@@ -364,6 +373,7 @@ class TrainConfig(Settings):
     feature_cache: str | None = None  # folder of cached encoder outputs; None = cache_dir()/features
     lora: LoraConfig | None = None  # the adapter to add (instruct, dpo); None keeps the model's own
     quantization: Quantization | None = None  # load the LLM in nf4/8bit for QLoRA (overrides the model's setting)
+    subtitles: Literal["auto", "off"] | None = None  # the model's subtitles setting for this run and after it
     epochs: float = 1.0
     max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
     batch_size: int = 8  # per device

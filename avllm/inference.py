@@ -33,6 +33,7 @@ class ChatReport:
     frame_times: list[float] = field(default_factory=list)
     duration: float = 0.0
     truncated: list[str] = field(default_factory=list)
+    subtitles: list[dict[str, Any]] = field(default_factory=list)  # speech heard: {start, end, text}
     model: str = ""
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -95,7 +96,8 @@ def answer_stream(
     report.frames = 0 if enc.visual is None else len(enc.frame_times)
     report.frame_times = [round(float(t), 3) for t in enc.frame_times]
     report.duration = enc.duration
-    report.truncated = list(facts.truncated) if facts else []
+    report.truncated = enc.truncated
+    report.subtitles = [s.to_dict() for s in enc.subtitles]
     report.warnings = model_warnings(model) + (list(facts.warnings) if facts else [])
     report.timings.update(enc.timings)
     start = time.perf_counter()

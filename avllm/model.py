@@ -2,7 +2,8 @@
 
 The clip is cut into time slots, one per sampled frame (or, for sound alone, uniform slots).
 Each slot contributes [frame tokens][audio tokens of that slot's time span], in time order,
-optionally after a "t=3.0s" text mark. The slot layout is a list of placeholder ids that
+optionally after a "t=3.0s" text mark, and followed by the speech that starts in it as text
+(speech.py). The slot layout is a list of placeholder ids that
 replaces the prompt's <video> token; `embed` scatters the media embeddings into exactly
 those positions and refuses any count mismatch.
 """
@@ -33,6 +34,7 @@ from .media import Clip, MediaFacts, sample_times
 from .projector.clip_summary import ClipSummary
 from .projector.mlp_pool import MLPPoolProjector
 from .prompt import IGNORE_INDEX, ChatTokens, Message, add_video_token, encode_chat, expand_placeholders
+from .speech import Segment, Transcriber, ctranslate2_source, subtitle_text
 
 CONFIG_FILE = "avllm_config.json"
 PROJECTOR_FILE = "projectors.safetensors"
@@ -51,6 +53,13 @@ class EncodedClip:
     duration: float
     facts: MediaFacts | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    subtitles: list[Segment] = field(default_factory=list)  # speech heard, in time order (model.subtitles)
+    subtitles_left_out: int = 0  # segments past the model's subtitle_tokens budget
+
+    @property
+    def truncated(self) -> list[str]:
+        """What was cut on the way to the prompt: the media's limits, then the subtitle budget."""
+        return (list(self.facts.truncated) if self.facts else []) + (["subtitles"] if self.subtitles_left_out else [])
 
 
 def slot_edges(times: np.ndarray, duration: float) -> np.ndarray:
@@ -64,10 +73,18 @@ def default_device() -> str:
 
 
 class AVLLM(nn.Module):
-    def __init__(self, config: ModelConfig, audio_encoder: nn.Module, visual_encoder: nn.Module, llm: LoadedLLM):
+    def __init__(
+        self,
+        config: ModelConfig,
+        audio_encoder: nn.Module,
+        visual_encoder: nn.Module,
+        llm: LoadedLLM,
+        transcriber: Transcriber | None = None,
+    ):
         super().__init__()
         self.config = config
         self.audio_encoder = audio_encoder
+        self.transcriber = transcriber  # None: no subtitles (config.subtitles off, or no decoder to run)
         self.visual_encoder = visual_encoder
         self.llm = llm.model
         self.tokenizer = llm.tokenizer
@@ -113,7 +130,11 @@ class AVLLM(nn.Module):
         audio = WhisperAudioEncoder.from_spec(config.audio_encoder, device, encoder_dtype)
         visual = CLIPVisualEncoder.from_spec(config.visual_encoder, device, encoder_dtype, config.visual_pretrained)
         llm = load_llm(config.llm, config.quantization, config.dtype, device)
-        return cls(config, audio, visual, llm)
+        source = ctranslate2_source(config.audio_encoder) if config.subtitles == "auto" else None
+        if config.subtitles == "auto" and source is None:
+            log.info("subtitles: auto, but faster-whisper cannot run %s; no subtitles", config.audio_encoder)
+        transcriber = Transcriber(source, device, torch.get_num_threads()) if source else None
+        return cls(config, audio, visual, llm, transcriber)
 
     @classmethod
     def load(cls, spec: str, device: str | None = None) -> AVLLM:
@@ -199,7 +220,23 @@ class AVLLM(nn.Module):
         start = time.perf_counter()
         visual = self.visual_encoder(clip.frames) if len(clip.frames) else None
         timings["encode_visual"] = time.perf_counter() - start
-        return EncodedClip(visual, clip.frame_times, audio, clip.duration, clip.facts, timings)
+        enc = EncodedClip(visual, clip.frame_times, audio, clip.duration, clip.facts, timings)
+        if self.transcriber is not None and audio is not None:
+            start = time.perf_counter()
+            self.set_subtitles(enc, self.transcriber(clip.audio))
+            timings["transcribe"] = time.perf_counter() - start
+        return enc
+
+    def set_subtitles(self, enc: EncodedClip, segments: list[Segment]) -> None:
+        """Give `enc` the segments that fit the subtitle budget: whole segments in time order, the
+        first ones kept, so the prompt never grows past config.subtitle_tokens for them."""
+        used = 0
+        for count, segment in enumerate(segments):
+            used += len(self.tokenizer.encode(subtitle_text(segment), add_special_tokens=False))
+            if used > self.config.subtitle_tokens:
+                enc.subtitles, enc.subtitles_left_out = segments[:count], len(segments) - count
+                return
+        enc.subtitles, enc.subtitles_left_out = list(segments), 0
 
     def slot_times(self, enc: EncodedClip) -> np.ndarray:
         if enc.visual is not None:
@@ -244,14 +281,21 @@ class AVLLM(nn.Module):
                 )
 
     def layout(self, enc: EncodedClip) -> list[int]:
-        """What replaces <video>: per slot an optional time mark, then one placeholder per media token;
-        then the clip's summary tokens."""
+        """What replaces <video>: per slot an optional time mark, one placeholder per media token and
+        the subtitles that start in the slot (as text); then the clip's summary tokens."""
         per_slot = [self.video_token_id] * (self.config.visual_tokens_per_slot + self.config.audio_tokens_per_slot)
+        times = self.slot_times(enc)
+        slot_of_speech = np.searchsorted(
+            slot_edges(times, enc.duration)[1:-1], [s.start for s in enc.subtitles], "right"
+        )
         ids: list[int] = []
-        for t in self.slot_times(enc):
+        for slot, t in enumerate(times):
             if self.config.time_marks:
                 ids += self.mark_ids(f" t={t:.1f}s")
             ids += per_slot
+            for segment, where in zip(enc.subtitles, slot_of_speech):
+                if where == slot:  # the words follow the slot in which they start
+                    ids += self.tokenizer.encode(subtitle_text(segment), add_special_tokens=False)
         return ids + [self.video_token_id] * self.config.summary_tokens
 
     def mark_ids(self, text: str) -> list[int]:

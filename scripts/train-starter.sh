@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the shipped starter weights (avllm/weights/starter): synthetic data (with the recipe's
-# training files), feature cache, align, instruct, export, DPO, then the held-out evaluations.
+# training files), align (which fills the feature cache), instruct, subtitles, export, DPO, then the held-out evaluations.
 # Prints each stage's wall time. Run from the repo root inside .venv (make starter-weights does both).
 set -euo pipefail
 export HF_HUB_OFFLINE=1
@@ -13,18 +13,19 @@ stage() {  # stage NAME COMMAND...: run it and print how long it took
   "$@"
   echo "== $name took $(( $(date +%s) - t0 )) s (training so far: $(( $(date +%s) - start )) s)"
 }
-rm -rf runs/synth runs/starter-align runs/starter-instruct runs/starter-dpo
+rm -rf runs/synth runs/starter-align runs/starter-instruct runs/starter-subtitles runs/starter-dpo
 # Clips, and the files the recipes read: align.jsonl, instruct-mix.jsonl, dpo-pairs.jsonl.
 stage synth-train avllm synth --out runs/synth/train --n "$TRAIN_CLIPS" --seed 1
-# --model starter: the preset the align stage starts from, so the same encoder settings and the
-# same cache entries (the default, the shipped weights, may hold other settings).
-stage features avllm features --model starter --data runs/synth/train/instructions.jsonl
+# The align stage encodes each clip once into the feature cache (instruct reuses it).
 stage align avllm train sft --config starter-align
 stage instruct avllm train sft --config starter-instruct
+# Spoken sentences, transcribed by the starter's Whisper, then the stage that reads subtitles.
+stage synth-speech avllm synth --speech --out runs/synth/speech --n 300 --seed 11
+stage subtitles avllm train sft --config starter-subtitles
 # What ships: the SFT weights alone, in bfloat16 (about 9.7 MB). The DPO stage below is run but not
 # shipped (docs/experiments.md).
 rm -rf avllm/weights/starter
-stage export avllm export --model runs/starter-instruct --out avllm/weights/starter
+stage export avllm export --model runs/starter-subtitles --out avllm/weights/starter
 stage dpo avllm train dpo --config starter-dpo
 echo "== all training stages: $(( $(date +%s) - start )) s"
 # Held-out test clips (another seed: no clip is shared with training), then the figures

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..model import AVLLM, EncodedClip
 
 log = logging.getLogger(__name__)
-FORMAT = "1"
+FORMAT = "2"  # 2: subtitles in the metadata
 
 
 def file_hash(path: str | os.PathLike) -> str:
@@ -59,6 +59,7 @@ class FeatureCache:
             "visual": model.visual_encoder.description,
             "media": asdict(model.config.media),
             "encoder_dtype": str(model.visual_encoder.dtype).removeprefix("torch."),  # what "auto" became
+            "subtitles": model.transcriber.description if model.transcriber else None,
             "format": FORMAT,
         }
         self.settings_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -115,6 +116,8 @@ class FeatureCache:
             "settings": self.settings_key,
             "duration": repr(float(enc.duration)),
             "facts": json.dumps(enc.facts.to_dict() if enc.facts else None),
+            "subtitles": json.dumps([s.to_dict() for s in enc.subtitles]),
+            "subtitles_left_out": str(enc.subtitles_left_out),
             "checksum": checksum(tensors),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +128,7 @@ class FeatureCache:
     def _read(self, path: Path, media: str | os.PathLike) -> EncodedClip | None:
         from ..media import MediaFacts
         from ..model import EncodedClip
+        from ..speech import Segment
 
         try:
             with safe_open(path, framework="pt") as fh:
@@ -141,6 +145,8 @@ class FeatureCache:
                 audio=tensors.get("audio"),
                 duration=float(meta["duration"]),
                 facts=MediaFacts(**facts) if facts else None,
+                subtitles=[Segment(**s) for s in json.loads(meta["subtitles"])],
+                subtitles_left_out=int(meta["subtitles_left_out"]),
             )
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
             log.warning("feature cache entry %s for %s is unusable (%s); rebuilding it", path, media, exc)

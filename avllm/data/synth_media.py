@@ -182,6 +182,10 @@ def render_audio(facts: dict[str, Any]) -> np.ndarray | None:
         window = int(facts["word_slot"] * SLOT_SECONDS * RATE), int(WORD_SLOTS * SLOT_SECONDS * RATE)
         start = window[0] + (window[1] - len(wav)) // 2  # centred in its two slots
         audio[start : start + len(wav)] += wav
+    elif sound == "sentence":  # from the start of its slot, cut (faded) at the clip's end
+        start = int(facts["speech_slot"] * SLOT_SECONDS * RATE)
+        wav = spoken(facts["sentence"], facts["voice"], facts["speed"])[: len(audio) - start]
+        audio[start : start + len(wav)] += _fade(wav.copy(), 0.03)
     elif sound == "beeps":
         beep = sine(BEEP_HZ, BEEP_HZ, BEEP_SECONDS, 0.5)
         for slot in facts["beep_slots"]:

