@@ -45,6 +45,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = AVLLM.load(args.model)
     load = time.perf_counter() - start
+    if args.no_subtitles:
+        model.transcriber = None
     report = ChatReport()
     enc = encode_file(model, args.media, args.frames)
     settings = ChatSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
@@ -244,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--max-new-tokens", type=positive_int, default=128)
     chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    chat.add_argument(
+        "--no-subtitles", action="store_true", help="leave speech out of the prompt (the model's `subtitles` otherwise)"
+    )
     chat.add_argument("--json", action="store_true", help="print one JSON object: answer, what was used, timings")
     chat.set_defaults(func=cmd_chat)
 

@@ -5,6 +5,11 @@ generation) and prints each run's timings and the median. Build the caches first
 `avllm convert`, so the figures do not include the one-off conversions.
 
     python bench/latency.py [--clip PATH] [--runs 3] [--model starter] [--max-new-tokens 64]
+    python bench/latency.py --subtitles   # what transcription adds: 30 s of speech, 30 s without
+
+`--subtitles` runs each clip with and without `--no-subtitles`, alternating, and prints the medians
+and what subtitles add to the first token. The speech clip is whisper-jfk.flac three times over
+(33 s), written into a temporary folder; the clip without speech is the default clip.
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
+import wave
 from pathlib import Path
+
+import numpy as np
 
 from avllm.config import default_model
 
@@ -23,7 +32,7 @@ DEFAULT_CLIP = ROOT.parent / "shared" / "clips" / "moviepy-big_buck_bunny_0_30.w
 KEYS = ["load", "decode", "encode_audio", "encode_visual", "prefill", "first_token", "generate", "total"]
 
 
-def run_once(clip: Path, model: str, max_new_tokens: int) -> dict:
+def run_once(clip: Path, model: str, max_new_tokens: int, *flags: str) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -36,9 +45,46 @@ def run_once(clip: Path, model: str, max_new_tokens: int) -> dict:
         "--max-new-tokens",
         str(max_new_tokens),
         "--json",
+        *flags,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout)
+
+
+def speech_clip(folder: Path) -> Path:
+    """whisper-jfk.flac three times over, as 16 kHz mono wav."""
+    from avllm.config import MediaConfig
+    from avllm.media import SAMPLE_RATE, load_clip
+
+    audio = load_clip(DEFAULT_CLIP.parent / "whisper-jfk.flac", MediaConfig()).audio
+    path = folder / "jfk-x3.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes((np.clip(np.concatenate([audio] * 3), -1, 1) * 32767).astype(np.int16).tobytes())
+    return path
+
+
+def subtitles_cost(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for clip in (speech_clip(Path(tmp)), args.clip):
+            runs: dict[str, list[dict]] = {"on": [], "off": []}
+            for _ in range(args.runs):  # alternating, so a busy moment of the host hits both alike
+                runs["on"].append(run_once(clip, args.model, args.max_new_tokens))
+                runs["off"].append(run_once(clip, args.model, args.max_new_tokens, "--no-subtitles"))
+            med = {
+                k: {key: statistics.median(r["timings"].get(key, 0.0) for r in v) for key in KEYS + ["transcribe"]}
+                for k, v in runs.items()
+            }
+            heard = " ".join(s["text"] for s in runs["on"][0]["subtitles"])
+            print(f"{clip.name} ({runs['on'][0]['duration']:.1f} s), heard: {heard[:70]!r}")
+            for k in ("on", "off"):
+                print(
+                    f"  subtitles {k:3}: transcribe {med[k]['transcribe']:.2f} s, first token "
+                    f"{med[k]['first_token']:.2f} s, total {med[k]['total']:.2f} s (medians of {args.runs})"
+                )
+            print(f"  subtitles add {med['on']['first_token'] - med['off']['first_token']:+.2f} s to the first token")
 
 
 def main() -> None:
@@ -47,7 +93,10 @@ def main() -> None:
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--subtitles", action="store_true", help="what subtitles cost (see the docstring)")
     args = parser.parse_args()
+    if args.subtitles:
+        return subtitles_cost(args)
     reports = [run_once(args.clip, args.model, args.max_new_tokens) for _ in range(args.runs)]
     first = reports[0]
     print(
