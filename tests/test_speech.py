@@ -103,6 +103,16 @@ def test_the_feature_cache_keeps_the_subtitles(model, tmp_path, monkeypatch):
     assert again.subtitles == [Segment(0.5, 1.25, "hello there")] and again.subtitles_left_out == 2
 
 
+def test_the_ui_shows_what_was_heard_beside_the_frames(model):
+    from avllm.serve.session import StoredClip
+    from avllm.serve.ui import clip_facts
+
+    enc = clip(model)
+    enc.subtitles, enc.subtitles_left_out = [Segment(1.25, 2.0, "ask not")], 1
+    lines = clip_facts(StoredClip("k", "talk.mp4", enc))
+    assert '- **Heard at 1.2-2.0 s:** "ask not"' in lines and "- **Truncated:** subtitles" in lines
+
+
 def test_off_yaml_boolean_reads_as_the_word():
     assert ModelConfig(subtitles=False).subtitles == "off"
 
