@@ -74,7 +74,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     probe(args.media)  # a bad file fails in milliseconds, before the model loads
     start = time.perf_counter()
-    model = AVLLM.load(args.model)
+    model = AVLLM.load(args.model, merge_lora=True)
     load = time.perf_counter() - start
     report = ChatReport()
     enc = encode_file(model, args.media, args.frames)
