@@ -138,22 +138,21 @@ def load_llm(spec: str, quantization: str | None = None, dtype: str = "float32",
     return LoadedLLM(model, tokenizer, f"{type(model).__name__} from {source}{quant}")
 
 
-def merge_lora(model: Any, folder: Path) -> int:
+def merge_lora(model: Any, folder: Path) -> bool:
     """Add a saved peft LoRA adapter (adapter_config.json, adapter_model.safetensors) into the weights
     it adapts: W + B @ A * alpha / r, as peft's merge does. For inference: the unmerged adapter's
     answers (to float rounding) at the base model's speed, without importing peft and wrapping every
-    layer, which takes seconds at start-up. Returns the number of layers changed."""
+    layer, which takes seconds at start-up. False, with nothing changed, for an adapter that a plain
+    merge cannot express (DoRA, per-layer ranks, ...): load that one through peft."""
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "adapter_config.json").read_text())
     plain = {"use_dora": False, "fan_in_fan_out": False, "rank_pattern": {}, "alpha_pattern": {}, "lora_bias": False}
-    odd = [k for k, v in plain.items() if cfg.get(k) not in (v, None)]
-    if cfg.get("peft_type", "LORA") != "LORA" or odd:
-        raise ConfigError(f"{folder}: a {cfg.get('peft_type')} adapter with {odd or 'its settings'}: load it unmerged")
+    if cfg.get("peft_type", "LORA") != "LORA" or any(cfg.get(k) not in (v, None) for k, v in plain.items()):
+        return False
     scale = cfg["lora_alpha"] / (cfg["r"] ** 0.5 if cfg.get("use_rslora") else cfg["r"])
     tensors = load_file(folder / "adapter_model.safetensors")
     layers = dict(model.named_modules())
-    merged = 0
     for key, down in tensors.items():
         if not key.endswith(".lora_A.weight"):
             continue
@@ -164,5 +163,4 @@ def merge_lora(model: Any, folder: Path) -> int:
         up = tensors[key.replace(".lora_A.", ".lora_B.")].to(weight.device, torch.float32)
         with torch.no_grad():
             weight += (up @ down.to(weight.device, torch.float32) * scale).to(weight.dtype)
-        merged += 1
-    return merged
+    return True

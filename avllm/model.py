@@ -128,16 +128,15 @@ class AVLLM(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None, merge_lora: bool = False) -> AVLLM:
         """`merge_lora`: add the LoRA adapter into the LLM's weights (answering only, not training;
-        a quantized LLM keeps it apart): same answers, faster start-up and generation."""
+        a quantized LLM or an adapter beyond plain LoRA stays apart): same answers, faster start-up
+        and generation."""
         folder = Path(folder)
         config = load_model_config(str(folder))
         model = cls.from_config(config, device)
         if config.lora is not None:
             if not (folder / ADAPTER_DIR).is_dir():
                 raise ConfigError(f"{folder}: the config names a LoRA adapter but {ADAPTER_DIR}/ is missing")
-            if merge_lora and config.quantization is None:
-                merge_lora_weights(model.llm, folder / ADAPTER_DIR)
-            else:
+            if not (merge_lora and config.quantization is None and merge_lora_weights(model.llm, folder / ADAPTER_DIR)):
                 model.add_lora()
         model.load_trainable(folder)
         model.eval()
