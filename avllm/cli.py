@@ -35,15 +35,46 @@ def quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
 
 
+def default_threads() -> int:
+    """The cores this process may use that the last minute's load leaves idle, at least 1. torch's
+    OpenMP threads spin against any other busy thread on their cores: on a 2-core host running
+    another job, 2 threads generate several times slower than 1 (docs/performance.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    idle = cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else cores
+    return max(1, min(cores, round(idle)))
+
+
+def use_threads(requested: int | None) -> int:
+    """Set torch's CPU threads: `requested`, else OMP_NUM_THREADS when set, else `default_threads()`."""
+    import torch
+
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    threads = requested or (int(env) if env.isdigit() and int(env) > 0 else default_threads())
+    torch.set_num_threads(threads)
+    return threads
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores left idle by the last "
+        "minute's load average, at least 1); on a CPU busy with other work, 1 thread can be many times "
+        "faster than oversubscribed ones",
+    )
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     quiet_libraries()
+    use_threads(args.threads)
     from .inference import ChatReport, ChatSettings, answer_stream, encode_file
     from .media import probe
     from .model import AVLLM
 
     probe(args.media)  # a bad file fails in milliseconds, before the model loads
     start = time.perf_counter()
-    model = AVLLM.load(args.model)
+    model = AVLLM.load(args.model, merge_lora=True)
     load = time.perf_counter() - start
     if args.no_subtitles:
         model.transcriber = None
@@ -133,7 +164,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in vars(args).items() if k in SERVE_FIELDS}
     settings["api_keys"] = tuple(args.api_keys or env_api_keys())
     settings["allow_remote_urls"] = not args.no_remote_urls
-    serve(ServeSettings(**settings))
+    config = ServeSettings(**settings)
+    use_threads(config.threads)
+    serve(config)
     return 0
 
 
@@ -202,10 +235,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import markdown, run_eval
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)  # fewer threads than cores when the CPU is shared (see --help)
+    use_threads(args.threads)
     report = run_eval(
         args.model,
         tasks,
@@ -250,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-subtitles", action="store_true", help="leave speech out of the prompt (the model's `subtitles` otherwise)"
     )
     chat.add_argument("--json", action="store_true", help="print one JSON object: answer, what was used, timings")
+    add_threads_argument(chat)
     chat.set_defaults(func=cmd_chat)
 
     info = sub.add_parser("info", help="print a media file's facts")
@@ -366,13 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--max-new-tokens", type=positive_int, default=32, help="for open questions and --mode generate"
     )
-    evaluate.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="CPU threads for torch (default: torch's choice); on a CPU busy with other work, 1 can be "
-        "many times faster than oversubscribed threads",
-    )
+    add_threads_argument(evaluate)
     evaluate.set_defaults(func=cmd_eval)
     return parser
 
@@ -441,6 +466,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--shutdown-timeout", type=float, default=d.shutdown_timeout, help="on SIGTERM, seconds to finish answers"
     )
     limits.add_argument("--cache-size", type=positive_int, default=d.cache_size, help="encoded clips kept")
+    add_threads_argument(limits)
     serve.set_defaults(func=cmd_serve)
 
 

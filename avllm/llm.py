@@ -6,6 +6,7 @@ cached once as a safetensors folder so later loads take under a second.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -135,3 +136,31 @@ def load_llm(spec: str, quantization: str | None = None, dtype: str = "float32",
         tokenizer.pad_token = tokenizer.eos_token
     quant = f", {quantization}" if quantization else ""
     return LoadedLLM(model, tokenizer, f"{type(model).__name__} from {source}{quant}")
+
+
+def merge_lora(model: Any, folder: Path) -> bool:
+    """Add a saved peft LoRA adapter (adapter_config.json, adapter_model.safetensors) into the weights
+    it adapts: W + B @ A * alpha / r, as peft's merge does. For inference: the unmerged adapter's
+    answers (to float rounding) at the base model's speed, without importing peft and wrapping every
+    layer, which takes seconds at start-up. False, with nothing changed, for an adapter that a plain
+    merge cannot express (DoRA, per-layer ranks, ...): load that one through peft."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    plain = {"use_dora": False, "fan_in_fan_out": False, "rank_pattern": {}, "alpha_pattern": {}, "lora_bias": False}
+    if cfg.get("peft_type", "LORA") != "LORA" or any(cfg.get(k) not in (v, None) for k, v in plain.items()):
+        return False
+    scale = cfg["lora_alpha"] / (cfg["r"] ** 0.5 if cfg.get("use_rslora") else cfg["r"])
+    tensors = load_file(folder / "adapter_model.safetensors")
+    layers = dict(model.named_modules())
+    for key, down in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+        if name not in layers:
+            raise ConfigError(f"{folder}: the adapter names {name}, which this LLM does not have")
+        weight = layers[name].weight
+        up = tensors[key.replace(".lora_A.", ".lora_B.")].to(weight.device, torch.float32)
+        with torch.no_grad():
+            weight += (up @ down.to(weight.device, torch.float32) * scale).to(weight.dtype)
+    return True

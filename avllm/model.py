@@ -30,6 +30,7 @@ from . import hub
 from .config import ModelConfig, load_model_config, to_dict
 from .errors import ConfigError, SpliceError
 from .llm import DTYPES, LoadedLLM, load_llm, resolve_dtype
+from .llm import merge_lora as merge_lora_weights
 from .media import Clip, MediaFacts, sample_times
 from .projector.clip_summary import ClipSummary
 from .projector.mlp_pool import MLPPoolProjector
@@ -137,22 +138,27 @@ class AVLLM(nn.Module):
         return cls(config, audio, visual, llm, transcriber)
 
     @classmethod
-    def load(cls, spec: str, device: str | None = None) -> AVLLM:
-        """A preset name, a YAML file, a checkpoint folder or a checkpoint on the hub (hf:ORG/NAME)."""
+    def load(cls, spec: str, device: str | None = None, merge_lora: bool = False) -> AVLLM:
+        """A preset name, a YAML file, a checkpoint folder or a checkpoint on the hub (hf:ORG/NAME).
+        `merge_lora`: see `from_pretrained`."""
         spec = hub.resolve(spec)
         if (Path(spec) / CONFIG_FILE).is_file():
-            return cls.from_pretrained(spec, device)
+            return cls.from_pretrained(spec, device, merge_lora)
         return cls.from_config(load_model_config(spec), device)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | None = None) -> AVLLM:
+    def from_pretrained(cls, folder: str | Path, device: str | None = None, merge_lora: bool = False) -> AVLLM:
+        """`merge_lora`: add the LoRA adapter into the LLM's weights (answering only, not training;
+        a quantized LLM or an adapter beyond plain LoRA stays apart): same answers, faster start-up
+        and generation."""
         folder = Path(folder)
         config = load_model_config(str(folder))
         model = cls.from_config(config, device)
         if config.lora is not None:
             if not (folder / ADAPTER_DIR).is_dir():
                 raise ConfigError(f"{folder}: the config names a LoRA adapter but {ADAPTER_DIR}/ is missing")
-            model.add_lora()
+            if not (merge_lora and config.quantization is None and merge_lora_weights(model.llm, folder / ADAPTER_DIR)):
+                model.add_lora()
         model.load_trainable(folder)
         model.eval()
         return model

@@ -8,6 +8,7 @@ import sys
 import pytest
 from factories import tiny_preset_file
 
+from avllm import cli
 from avllm.cli import main
 
 REPORT_KEYS = {
@@ -90,3 +91,44 @@ def test_bad_flag_value_is_refused(capsys):
         main(["chat", "x.mp4", "q", "--frames", "0"])
     assert exit_info.value.code == 2
     assert "--frames" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cores, load, threads", [(2, 0.1, 2), (2, 0.9, 1), (2, 2.3, 1), (2, 7.0, 1), (4, 1.2, 3)])
+def test_default_threads_leave_busy_cores_alone(monkeypatch, cores, load, threads):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert cli.default_threads() == threads
+
+
+@pytest.fixture
+def torch_threads():
+    """Restore torch's thread count after a test that sets it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch
+    torch.set_num_threads(before)
+
+
+def test_threads_come_from_the_flag_then_the_environment_then_the_load(monkeypatch, torch_threads):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cli.use_threads(2) == 2 and torch_threads.get_num_threads() == 2
+    assert cli.use_threads(None) == 1 and torch_threads.get_num_threads() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cli.use_threads(None) == 2 and torch_threads.get_num_threads() == 2
+
+
+def test_chat_and_serve_take_threads(capsys, monkeypatch, tiny_preset, av_clip, torch_threads):
+    import avllm.serve.server as server
+
+    torch_threads.set_num_threads(1)
+    chat_json(capsys, str(av_clip), "What is this?", "--model", tiny_preset, "--threads", "2")
+    assert torch_threads.get_num_threads() == 2
+    started = []
+    monkeypatch.setattr(server, "serve", started.append)
+    assert main(["serve", "--threads", "1"]) == 0
+    assert started[0].threads == 1 and torch_threads.get_num_threads() == 1
+    with pytest.raises(SystemExit):
+        main(["serve", "--threads", "0"])

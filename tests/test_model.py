@@ -224,6 +224,27 @@ def test_stream_reports_prefill_with_a_lora_adapter(parts, tmp_path):
     assert pieces and 0 < timings["prefill"]
 
 
+def test_a_merged_adapter_gives_the_adapter_s_outputs(parts, tmp_path):
+    model = saved_with_lora(parts, tmp_path / "ckpt")
+    merged = AVLLM.from_pretrained(tmp_path / "ckpt", device="cpu", merge_lora=True)
+    assert not hasattr(merged.llm, "peft_config")
+    base = merged.llm.state_dict()
+    plain = AVLLM.from_config(model.config, device="cpu").llm.state_dict()
+    changed = {k for k in plain if not torch.equal(plain[k], base[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+    enc = encoded(model)
+    torch.testing.assert_close(logits(merged, enc), logits(model, enc), rtol=1e-4, atol=1e-5)
+    messages = [{"role": "user", "content": with_video("what?")}]
+    assert list(merged.stream(messages, enc, 12)) == list(model.stream(messages, enc, 12))
+
+
+def test_an_adapter_beyond_plain_lora_stays_apart(parts, tmp_path):
+    saved_with_lora(parts, tmp_path / "ckpt")
+    adapter = tmp_path / "ckpt" / "adapter" / "adapter_config.json"
+    adapter.write_text(json.dumps({**json.loads(adapter.read_text()), "use_dora": True}))
+    assert hasattr(AVLLM.from_pretrained(tmp_path / "ckpt", device="cpu", merge_lora=True).llm, "peft_config")
+
+
 def test_export_stores_the_trained_weights_in_half_precision(parts, tmp_path):
     from safetensors.torch import load_file
 

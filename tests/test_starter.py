@@ -86,3 +86,25 @@ def test_shipped_weights_name_the_colour_and_the_sound_of_clips_never_trained_on
     result = evaluate(make_task(f"jsonl:{tmp_path / 'easy.jsonl'}").load(), AVLLMScorer(model), progress=False)
     assert len(result.results) >= 10
     assert sum(r.correct for r in result.results) / len(result.results) >= 0.8
+
+
+QUESTIONS = ("What happens in this clip?", "What do you hear?", "What colour are the shapes?")
+
+
+def test_answering_fast_paths_give_the_plain_greedy_answers(av_clip):
+    """`avllm chat` and `serve` load the model with its LoRA adapter added into the weights: greedy
+    answers on the starter are the peft-wrapped model's, word for word."""
+    from avllm.config import default_model
+    from avllm.inference import encode_file
+    from avllm.model import AVLLM
+    from avllm.prompt import with_video
+
+    plain = AVLLM.load(default_model(), device="cpu")
+    merged = AVLLM.load(default_model(), device="cpu", merge_lora=True)
+    assert hasattr(plain.llm, "peft_config") and not hasattr(merged.llm, "peft_config")
+    enc = encode_file(plain, av_clip)
+    for question in QUESTIONS:
+        messages = [{"role": "user", "content": with_video(question)}]
+        expected = "".join(plain.stream(messages, enc, 48))
+        assert expected.strip()
+        assert "".join(merged.stream(messages, enc, 48)) == expected

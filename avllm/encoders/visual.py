@@ -9,23 +9,44 @@ their features are not CLIP features.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import _build_vision_tower  # builds the vision tower alone (no text tower)
-from open_clip.transformer import VisionTransformer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import cache_dir
 from ..errors import ModelLoadError
+
+
+@contextlib.contextmanager
+def _hidden(module: str) -> Iterator[None]:
+    """Make `import MODULE` fail inside the block, unless it is loaded already."""
+    if module in sys.modules:
+        yield
+        return
+    sys.modules[module] = None  # type: ignore[assignment] - the import system's "not available"
+    try:
+        yield
+    finally:
+        del sys.modules[module]
+
+
+# open_clip imports timm (a second or more of a 2-core CPU's start-up) for its timm towers alone,
+# which avllm refuses (ViT towers only); it skips them when timm is missing.
+with _hidden("timm"):
+    import open_clip
+    from open_clip.model import _build_vision_tower  # builds the vision tower alone (no text tower)
+    from open_clip.transformer import VisionTransformer
 
 log = logging.getLogger(__name__)
 

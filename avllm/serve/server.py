@@ -26,7 +26,7 @@ def build_service(settings: ServeSettings, model=None):  # noqa: ANN001 - an AVL
 
     if model is None:
         start = time.perf_counter()
-        model = AVLLM.load(settings.model)
+        model = AVLLM.load(settings.model, merge_lora=True)
         log.warning("model %s loaded in %.1f s", settings.model, time.perf_counter() - start)
     model.eval()
     model_id = model.config.name if Path(settings.model).exists() else settings.model

@@ -46,6 +46,7 @@ class ServeSettings:
     request_timeout: float = 300.0  # seconds an answer may take, waiting included
     shutdown_timeout: float = 30.0  # on SIGTERM, seconds to let answers in flight finish
     cache_size: int = 16  # encoded clips kept (LRU)
+    threads: int | None = None  # torch's CPU threads; None: OMP_NUM_THREADS, else the cores the load leaves idle
 
     def check(self) -> None:
         if not 0 <= self.port < 65536:
@@ -56,6 +57,8 @@ class ServeSettings:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
         if self.max_queue < 0:
             raise ConfigError(f"--max-queue {self.max_queue}: must be 0 or more")
+        if self.threads is not None and self.threads <= 0:
+            raise ConfigError(f"--threads {self.threads}: must be positive")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens <= 0:
             raise ConfigError(f"--max-prompt-tokens {self.max_prompt_tokens}: must be positive")
         if any(not key.strip() for key in self.api_keys):
