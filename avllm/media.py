@@ -77,9 +77,10 @@ def sample_times(duration: float, cfg: MediaConfig) -> tuple[np.ndarray, list[st
     """Times (seconds) at which to take frames, and notes on any cap applied.
 
     Uniform mode takes num_frames at segment centres so no frame sits on the very first or
-    last instant (often black); fps mode spaces frames 1/fps apart, centred in the clip.
-    Either way at most max_frames are taken, then spread uniformly over the whole clip so
-    the end of a long video is not silently dropped.
+    last instant (often black), or for a clip longer than long_clip one per frame_every seconds
+    if that is more; fps mode spaces frames 1/fps apart, centred in the clip. Either way at most
+    max_frames are taken, then spread uniformly over the whole clip so the end of a long video
+    is not silently dropped.
     """
     if duration <= 0:
         raise ValueError(f"duration must be positive, got {duration}")
@@ -94,9 +95,11 @@ def sample_times(duration: float, cfg: MediaConfig) -> tuple[np.ndarray, list[st
         notes.append(f"frames capped at {cap} (fps {float(cfg.fps)} asks for {wanted})")
         n = cap
     else:
-        n = max(1, cfg.num_frames)
+        n, asks = max(1, cfg.num_frames), "num_frames"
+        if cfg.frame_every and duration > cfg.long_clip and duration / cfg.frame_every > n:
+            n, asks = math.ceil(duration / cfg.frame_every), f"one per {cfg.frame_every:g} s"
         if n > cap:
-            notes.append(f"frames capped at {cap} (num_frames asks for {n})")
+            notes.append(f"frames capped at {cap} ({asks} asks for {n})")
             n = cap
     return (np.arange(n, dtype=np.float64) + 0.5) * duration / n, notes
 

@@ -62,6 +62,16 @@ def test_num_frames_is_capped_at_max_frames():
     assert len(times) == 16 and notes == ["frames capped at 16 (num_frames asks for 64)"]
 
 
+def test_long_clips_get_one_frame_per_frame_every_seconds_up_to_max_frames():
+    cfg = MediaConfig()  # num_frames 8 up to long_clip (120 s), then one per 15 s, at most max_frames (64)
+    assert [len(sample_times(d, cfg)[0]) for d in (4.0, 100.0, 120.0, 135.0)] == [8, 8, 8, 9]
+    times, notes = sample_times(600.0, cfg)
+    assert len(times) == 40 and notes == [] and np.allclose(np.diff(times), 15.0)
+    times, notes = sample_times(3600.0, cfg)
+    assert len(times) == 64 and notes == ["frames capped at 64 (one per 15 s asks for 240)"]
+    assert len(sample_times(600.0, MediaConfig(frame_every=None))[0]) == 8
+
+
 def test_very_short_clip_still_gets_one_frame():
     times, _ = sample_times(0.2, MediaConfig(fps=1.0))
     np.testing.assert_allclose(times, [0.1])
@@ -138,7 +148,7 @@ def test_audio_is_cut_at_max_audio_seconds(av_clip):
     clip = load_clip(av_clip, MediaConfig(max_audio_seconds=1.5))
     assert len(clip.audio) == int(1.5 * SAMPLE_RATE)
     assert clip.facts.audio_seconds == pytest.approx(1.5)
-    assert clip.facts.truncated == ["audio cut to the first 1.5 s of 4.0 s"]
+    assert clip.facts.truncated == ["audio cut to the first 1.5 s of 4.0 s"] and clip.facts.audio_cut
     assert len(clip.frames) == 8 and clip.frame_times[-1] > 3.0  # the picture is not cut
 
 
