@@ -16,6 +16,7 @@ from conftest import CLIP_FPS, CLIP_HEIGHT, CLIP_SECONDS, CLIP_WIDTH, level_to_i
 from avllm import media
 from avllm.config import MediaConfig
 from avllm.errors import MediaError
+from avllm.inference import with_frames
 from avllm.media import SAMPLE_RATE, load_clip, probe, sample_times
 
 
@@ -70,6 +71,7 @@ def test_long_clips_get_one_frame_per_frame_every_seconds_up_to_max_frames():
     times, notes = sample_times(3600.0, cfg)
     assert len(times) == 64 and notes == ["frames capped at 64 (one per 15 s asks for 240)"]
     assert len(sample_times(600.0, MediaConfig(frame_every=None))[0]) == 8
+    assert len(sample_times(600.0, with_frames(MediaConfig(), 8))[0]) == 8  # asked for: that many at any length
 
 
 def test_very_short_clip_still_gets_one_frame():
