@@ -232,7 +232,7 @@ class ModelConfig(Settings):
     # LLM tokens computed from the whole clip at once (both streams, every slot), after the slots,
     # for facts that span frames (which shape came first, which way things move).
     summary_tokens: int = 0
-    time_marks: bool = False  # put "t=3s" text before each slot
+    time_marks: bool = False  # put "t=3s" text before each slot (a clip over media.long_clip always gets "t=12:30")
     # LLM and projector dtype: float32, bfloat16, float16, or auto (bfloat16 where the device computes
     # in it: CUDA with bf16, CPUs with AVX512-BF16 or AMX; float32 elsewhere, where bf16 is emulated).
     dtype: Dtype = "float32"
