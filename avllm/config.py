@@ -164,9 +164,14 @@ class MediaConfig(Settings):
 
     num_frames: int = 8  # frames sampled uniformly over the clip (when fps is not set)
     fps: float | None = None  # sample at this rate instead, capped by max_frames
-    max_frames: int = 32  # hard cap on frames taken; more are dropped and reported as truncated
+    # Clips longer than long_clip seconds are long: one frame per frame_every seconds (at least num_frames,
+    # at most max_frames), each slot marked with its time ("t=12:30"), the sound pooled per slot as
+    # Whisper encodes it. frame_every None keeps num_frames at every length.
+    long_clip: float = 120.0
+    frame_every: float | None = 15.0
+    max_frames: int = 64  # hard cap on frames (time slots) taken; more are dropped and reported as truncated
     max_side: int = 448  # frames are scaled down so their longer side is at most this (pixels)
-    max_audio_seconds: float = 120.0  # soundtrack beyond this is cut, and the clip says so
+    max_audio_seconds: float = 3600.0  # soundtrack beyond this is cut, and the clip says so
     max_duration: float = 3600.0  # longer files are refused with MediaError (seconds)
     max_file_mb: float = 1024.0  # larger files are refused with MediaError (MiB)
 
@@ -174,6 +179,8 @@ class MediaConfig(Settings):
         return [
             ("num_frames", self.num_frames >= 1, "at least 1"),
             ("fps", self.fps is None or self.fps > 0, "above 0, or null"),
+            ("long_clip", self.long_clip > 0, "above 0"),
+            ("frame_every", self.frame_every is None or self.frame_every > 0, "above 0, or null"),
             ("max_frames", self.max_frames >= 1, "at least 1"),
             ("max_side", self.max_side >= 1, "at least 1"),
             ("max_audio_seconds", self.max_audio_seconds > 0, "above 0"),
@@ -227,7 +234,7 @@ class ModelConfig(Settings):
     # LLM tokens computed from the whole clip at once (both streams, every slot), after the slots,
     # for facts that span frames (which shape came first, which way things move).
     summary_tokens: int = 0
-    time_marks: bool = False  # put "t=3s" text before each slot
+    time_marks: bool = False  # put "t=3s" text before each slot (a clip over media.long_clip always gets "t=12:30")
     # Speech as text: "auto" transcribes each clip with the audio encoder's own Whisper (faster-whisper,
     # when the spec is a CTranslate2 folder or a released model name) and writes each segment, with its
     # start time, into the slot where it is spoken; "off" never transcribes.

@@ -54,8 +54,12 @@ def model_warnings(model: AVLLM) -> list[str]:
 
 
 def with_frames(cfg: MediaConfig, frames: int | None) -> MediaConfig:
-    """The media settings with `frames` sampled uniformly (None keeps them)."""
-    return cfg if frames is None else replace(cfg, num_frames=frames, max_frames=max(frames, cfg.max_frames))
+    """The media settings with `frames` sampled uniformly, whatever the clip's length (None keeps them)."""
+    return (
+        cfg
+        if frames is None
+        else replace(cfg, num_frames=frames, max_frames=max(frames, cfg.max_frames), frame_every=None)
+    )
 
 
 def decode_and_encode(model: AVLLM, path: str | Path, cfg: MediaConfig) -> tuple[EncodedClip, Clip]:

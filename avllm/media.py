@@ -25,6 +25,9 @@ from .errors import MediaError
 SAMPLE_RATE = 16000  # Whisper's rate
 EPS = 1e-6  # seconds: a frame this close to a sampled time counts as at it (float rounding)
 SEEK_AHEAD = 1.0  # seconds: a target closer than this past the decoder's position is reached by decoding on
+# seconds a container may read longer than its streams (matroska and MPEG-TS add the audio's last packet:
+# a 3600 s recording reads as 3600.02 s) without counting as over a limit
+ROUNDING = 0.5
 FORMATS = "a video or audio file (mp4, mkv, webm, avi, mov, wav, flac, mp3)"
 REENCODE = "re-download it or re-encode it (e.g. to mp4 with h264 video and aac audio)"
 
@@ -48,6 +51,7 @@ class MediaFacts:
     audio_sample_rate: int | None
     frames: int = 0  # frames actually taken
     audio_seconds: float = 0.0  # seconds of audio actually used (after truncation)
+    audio_cut: bool = False  # the sound was cut at max_audio_seconds: it goes on past audio_seconds
     truncated: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -73,9 +77,10 @@ def sample_times(duration: float, cfg: MediaConfig) -> tuple[np.ndarray, list[st
     """Times (seconds) at which to take frames, and notes on any cap applied.
 
     Uniform mode takes num_frames at segment centres so no frame sits on the very first or
-    last instant (often black); fps mode spaces frames 1/fps apart, centred in the clip.
-    Either way at most max_frames are taken, then spread uniformly over the whole clip so
-    the end of a long video is not silently dropped.
+    last instant (often black), or for a clip longer than long_clip one per frame_every seconds
+    if that is more; fps mode spaces frames 1/fps apart, centred in the clip. Either way at most
+    max_frames are taken, then spread uniformly over the whole clip so the end of a long video
+    is not silently dropped.
     """
     if duration <= 0:
         raise ValueError(f"duration must be positive, got {duration}")
@@ -90,9 +95,11 @@ def sample_times(duration: float, cfg: MediaConfig) -> tuple[np.ndarray, list[st
         notes.append(f"frames capped at {cap} (fps {float(cfg.fps)} asks for {wanted})")
         n = cap
     else:
-        n = max(1, cfg.num_frames)
+        n, asks = max(1, cfg.num_frames), "num_frames"
+        if cfg.frame_every and duration > cfg.long_clip and duration / cfg.frame_every > n:
+            n, asks = math.ceil(duration / cfg.frame_every), f"one per {cfg.frame_every:g} s"
         if n > cap:
-            notes.append(f"frames capped at {cap} (num_frames asks for {n})")
+            notes.append(f"frames capped at {cap} ({asks} asks for {n})")
             n = cap
     return (np.arange(n, dtype=np.float64) + 0.5) * duration / n, notes
 
@@ -213,7 +220,7 @@ def _facts(path: str, container: av.container.InputContainer, cfg: MediaConfig) 
     duration = _duration(container, [s for s in (vs, aus) if s is not None])
     if not duration or duration <= 0:
         raise MediaError(f"{path}: has zero duration: no audio or video data could be read from it; {REENCODE}")
-    if duration > cfg.max_duration:
+    if duration > cfg.max_duration + ROUNDING:
         raise MediaError(
             f"{path}: lasts {duration:.1f} s, over the limit of {cfg.max_duration:g} s; "
             "cut out the part you need, or raise media.max_duration"
@@ -307,34 +314,30 @@ def _read_audio(
 ):
     """Mono 16 kHz float32 audio from the clip's start, cut at max_audio_seconds.
 
-    Returns the samples and where the track ended (seconds), or None for the end when it was
-    cut, so the caller can tell a short track or a truncated file from a deliberate cut.
+    The samples are resampled frame by frame into one buffer sized from the header's duration, so an
+    hour of sound (230 MB) is held once, not again as chunks and their concatenation. Returns the
+    samples and where the track ended (seconds), or None for the end when it was cut, so the caller
+    can tell a short track or a truncated file from a deliberate cut.
     """
-    limit = int(round(cfg.max_audio_seconds * SAMPLE_RATE))
-    chunks: list[np.ndarray] = []
-    total, offset, damaged = 0, None, [0]
-    resampler, setup = None, None
+    keep = _audio_limit(facts, cfg)
+    limit = int(round(keep * SAMPLE_RATE)) if keep is not None else None
+    samples = _Samples(limit if limit is not None else int(math.ceil(facts.duration * SAMPLE_RATE)) + SAMPLE_RATE)
+    damaged, resampler, setup = [0], None, None
     for frame in _decode(container, stream, damaged):
-        if offset is None:  # a track that starts late is padded so sample i sits at i / 16000 s
-            offset = int(round(((frame.time - start) if frame.time is not None else 0.0) * SAMPLE_RATE))
-            if offset > 0:
-                chunks.append(np.zeros(offset, np.float32))
-                total += offset
+        if samples.end is None:  # a track that starts late is padded so sample i sits at i / 16000 s
+            samples.end = int(round(((frame.time - start) if frame.time is not None else 0.0) * SAMPLE_RATE))
         key = (frame.format.name, frame.layout.name, frame.sample_rate)
         if key != setup:  # a mid-stream format change needs a fresh resampler
             if resampler is not None:
-                total += _collect(resampler.resample(None), chunks)
+                samples.add(resampler.resample(None))
             resampler, setup = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE), key
-        total += _collect(resampler.resample(frame), chunks)
-        if total >= limit + max(0, -offset):
+        samples.add(resampler.resample(frame))
+        if limit is not None and samples.end >= limit:
             break
     else:
         if resampler is not None:
-            total += _collect(resampler.resample(None), chunks)
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    if offset is not None and offset < 0:
-        audio = audio[-offset:]  # samples before the clip's start (e.g. an early audio track)
-    cut = len(audio) >= limit
+            samples.add(resampler.resample(None))
+    audio = samples.take(limit)
     if damaged[0]:
         facts.warnings.append(f"audio: skipped {damaged[0]} damaged packet(s) or a broken end of file")
     if len(audio) == 0:
@@ -342,20 +345,41 @@ def _read_audio(
             raise MediaError(f"{facts.path}: the audio track holds no decodable samples; {REENCODE}")
         facts.warnings.append("the audio track is empty (no samples): answers use the picture only")
         return None, None
-    return np.clip(audio[:limit], -1.0, 1.0).astype(np.float32), None if cut else len(audio) / SAMPLE_RATE
+    facts.audio_cut = limit is not None and len(audio) >= limit
+    return np.clip(audio, -1.0, 1.0, out=audio), None if facts.audio_cut else len(audio) / SAMPLE_RATE
 
 
-def _collect(frames: Iterator[av.AudioFrame], chunks: list[np.ndarray]) -> int:
-    n = 0
-    for f in frames:
-        chunks.append(f.to_ndarray().reshape(-1))
-        n += f.samples
-    return n
+class _Samples:
+    """A growing float32 buffer of the clip's samples; `end` is where the next one goes (negative:
+    that many samples before the clip's start are still to be dropped, e.g. an early audio track)."""
+
+    def __init__(self, expected: int):
+        self.buffer, self.end = np.zeros(max(1, expected), np.float32), None  # zero pages cost no memory until written
+
+    def add(self, frames: Iterator[av.AudioFrame]) -> None:
+        for f in frames:
+            x = f.to_ndarray().reshape(-1)
+            drop = min(len(x), max(0, -self.end))
+            x, self.end = x[drop:], self.end + drop
+            if self.end + len(x) > len(self.buffer):
+                grown = np.zeros(max(2 * len(self.buffer), self.end + len(x)), np.float32)
+                grown[: self.end] = self.buffer[: self.end]
+                self.buffer = grown
+            self.buffer[self.end : self.end + len(x)] = x
+            self.end += len(x)
+
+    def take(self, limit: int | None) -> np.ndarray:
+        return self.buffer[: min(max(0, self.end or 0), limit if limit is not None else len(self.buffer))]
+
+
+def _audio_limit(facts: MediaFacts, cfg: MediaConfig) -> float | None:
+    """Seconds of sound to keep: max_audio_seconds, or all of it (None) when the clip is within rounding of it."""
+    return cfg.max_audio_seconds if facts.duration > cfg.max_audio_seconds + ROUNDING else None
 
 
 def _audio_facts(audio: np.ndarray, facts: MediaFacts, cfg: MediaConfig) -> None:
     facts.audio_seconds = round(len(audio) / SAMPLE_RATE, 6)
-    if len(audio) >= int(round(cfg.max_audio_seconds * SAMPLE_RATE)) and facts.duration > cfg.max_audio_seconds:
+    if facts.audio_cut:
         facts.truncated.append(f"audio cut to the first {cfg.max_audio_seconds:.1f} s of {facts.duration:.1f} s")
     elif facts.audio_seconds < min(facts.duration, cfg.max_audio_seconds) - _slack(facts.duration):
         facts.warnings.append(f"audio track ends at {facts.audio_seconds:.1f} s of the {facts.duration:.1f} s clip")
@@ -445,15 +469,35 @@ def _seek_frames(
     for t in tqdm(targets, desc="frames", unit="frame", leave=False, disable=not progress or len(targets) < 16):
         lost = ahead is None and prev is None  # the last seek found nothing: try again
         if frames is None or lost or (ahead is not None and keys.worth_seeking(ahead.time, t)):
-            container.seek(max(0, int(t / stream.time_base)), stream=stream, backward=True)
-            frames, prev = _decode(container, stream, damaged), None
-            ahead = _next_timed(frames)
+            frames, prev, ahead = _seek_to(container, stream, t, damaged, keys)
         while ahead is not None and ahead.time <= t + EPS:
-            prev, ahead = ahead, _next_timed(frames)
+            prev, ahead = ahead, keys.next(frames)
             if ahead is None:
                 end = prev.time + _frame_seconds(prev, stream)
+            elif ahead.key_frame and keys.missed(ahead.time) and keys.worth_seeking(ahead.time, t):
+                frames, prev, ahead = _seek_to(container, stream, t, damaged, keys)
         picked.append(prev if prev is not None else ahead)
     return picked, end
+
+
+def _seek_to(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    t: float,
+    damaged: list,
+    keys: _KeyTimes,
+):
+    """Seek so that decoding starts at or before t: (frames, None, the first frame). Without an index
+    (MPEG-TS) ffmpeg lands on the first keyframe after the point asked, so ask a keyframe interval back."""
+    back = keys.interval if keys.partial else 0.0
+    while True:
+        at = max(0.0, t - back)
+        container.seek(int(at / stream.time_base), stream=stream, backward=True)
+        frames, keys.last_key = _decode(container, stream, damaged), None
+        first = keys.next(frames)
+        if first is None or first.time <= t + EPS or at == 0.0:
+            return frames, None, first
+        back = max(2 * back, SEEK_AHEAD)
 
 
 class _KeyTimes:
@@ -461,22 +505,50 @@ class _KeyTimes:
 
     A seek lands on the keyframe before the target, so when no keyframe lies between the
     decoder's position and the target, decoding on is cheaper (clips with one keyframe
-    every 8 s are common). Without an index (matroska before its cues are read) it guesses.
+    every 8 s are common). Without an index (matroska before its cues are read) it goes by
+    distance: it seeks when the target is more than a keyframe interval (the longest seen while
+    decoding) ahead. Likewise once decoding meets a keyframe the index lacks: ffmpeg builds the
+    index of an MPEG-TS file from what it has read, so it holds little of the file.
     """
 
     def __init__(self, stream: av.video.stream.VideoStream):
-        self.stream, self.count, self.times = stream, -1, np.zeros(0)
+        self.stream, self.count, self.times, self.lacking = stream, -1, np.zeros(0), False
+        self.interval, self.last_key = SEEK_AHEAD, None  # longest keyframe interval decoded; last keyframe
 
-    def worth_seeking(self, position: float, target: float) -> bool:
+    def next(self, frames: Iterator[av.VideoFrame]) -> av.VideoFrame | None:
+        """The next frame with a time, noting keyframe intervals on the way."""
+        frame = _next_timed(frames)
+        if frame is not None and frame.key_frame:
+            if self.last_key is not None:
+                self.interval = max(self.interval, frame.time - self.last_key)
+            self.last_key = frame.time
+        return frame
+
+    def _read(self) -> None:
         entries = self.stream.index_entries
         if len(entries) != self.count:
             self.count = len(entries)
             tb = self.stream.time_base
             self.times = np.sort([float(e.timestamp * tb) for e in entries if e.is_keyframe])
-        if self.count < 2:
-            return target - position > SEEK_AHEAD
+
+    @property
+    def partial(self) -> bool:
+        """No index to go by: none (yet), or one that lacked a keyframe decoding met."""
+        self._read()
+        return self.lacking or self.count < 2
+
+    def worth_seeking(self, position: float, target: float) -> bool:
+        if self.partial:
+            return target - position > self.interval
         i = np.searchsorted(self.times, position, side="right")
         return i < len(self.times) and self.times[i] <= target
+
+    def missed(self, keyframe: float) -> bool:
+        """Whether the index lacks this decoded keyframe (so is partial from now on)."""
+        if not self.partial:  # index times may be decoding times, a few frames early
+            self.lacking = not len(self.times) or float(np.abs(self.times - keyframe).min()) > SEEK_AHEAD / 2
+            return self.lacking
+        return False
 
 
 def _scan_frames(

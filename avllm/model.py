@@ -2,10 +2,10 @@
 
 The clip is cut into time slots, one per sampled frame (or, for sound alone, uniform slots).
 Each slot contributes [frame tokens][audio tokens of that slot's time span], in time order,
-optionally after a "t=3.0s" text mark, and followed by the speech that starts in it as text
-(speech.py). The slot layout is a list of placeholder ids that
-replaces the prompt's <video> token; `embed` scatters the media embeddings into exactly
-those positions and refuses any count mismatch.
+optionally after a "t=3.0s" text mark (always, as "t=12:30", in a clip longer than media.long_clip),
+and followed by the speech that starts in it as text (speech.py). The slot layout is a list of
+placeholder ids that replaces the prompt's <video> token; `embed` scatters the media embeddings
+into exactly those positions and refuses any count mismatch.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ class EncodedClip:
 
     visual: torch.Tensor | None  # [T, P, Dv] patch tokens, None for sound-only files
     frame_times: np.ndarray  # [T] seconds
-    audio: torch.Tensor | None  # [A, Da] at 50 Hz, None when there is no audio track
+    # [A, Da] at 50 Hz, None when there is no audio track; for a long clip (media.long_clip) already pooled
+    # per slot as Whisper encodes it: [slots with sound, audio tokens, Da] (see AVLLM.encode)
+    audio: torch.Tensor | None
     duration: float
     facts: MediaFacts | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -67,6 +69,23 @@ def slot_edges(times: np.ndarray, duration: float) -> np.ndarray:
     """Slot boundaries: midway between neighbouring frame times, from 0 to the clip's end."""
     mids = (times[1:] + times[:-1]) / 2
     return np.concatenate([[0.0], mids, [max(duration, float(times[-1]) if len(times) else 0.0)]])
+
+
+def audio_spans(edges: np.ndarray, rate: int, frames: int) -> list[tuple[int, int]]:
+    """Per slot the [start, end) of the audio frames (at `rate` per second) in its time span, cut at
+    `frames`, the sound's length: empty (end <= start) where the sound ended before the slot."""
+    spans = []
+    for start, end in zip(edges[:-1], edges[1:]):
+        lo = int(start * rate)
+        spans.append((lo, min(max(int(np.ceil(end * rate)), lo + 1), frames)))
+    return spans
+
+
+def clock(seconds: float) -> str:
+    """12:30 or 1:02:03: a time as people write it in a long recording."""
+    whole = int(round(seconds))
+    hours, minutes = divmod(whole // 60, 60)
+    return f"{hours}:{minutes:02d}:{whole % 60:02d}" if hours else f"{minutes}:{whole % 60:02d}"
 
 
 def default_device() -> str:
@@ -218,10 +237,22 @@ class AVLLM(nn.Module):
 
     # ---- media -> embeddings --------------------------------------------------------------
     def encode(self, clip: Clip) -> EncodedClip:
-        """Run the frozen encoders on a decoded clip (timed, for the report)."""
+        """Run the frozen encoders on a decoded clip (timed, for the report).
+
+        The sound of a long clip is pooled per slot as Whisper's windows are encoded, into what the
+        audio projector's pooling would make of its 50 Hz features: an hour of them is never held."""
         timings = {}
         start = time.perf_counter()
-        audio = self.audio_encoder([clip.audio])[0] if clip.audio is not None and len(clip.audio) else None
+        audio = None
+        if clip.audio is not None and len(clip.audio) and self.is_long(clip.duration):
+            times = self._slot_times(clip.frame_times, len(clip.frames) > 0, clip.duration)
+            frames = self.audio_encoder.num_frames(len(clip.audio))
+            spans = audio_spans(slot_edges(times, clip.duration), self.audio_encoder.frame_rate, frames)
+            bins = [(lo + a, lo + b) for lo, hi in spans if hi > lo for a, b in self.audio_proj.bins(hi - lo)]
+            pooled = self.audio_encoder.range_means(clip.audio, np.array(bins))
+            audio = pooled.reshape(-1, self.audio_proj.tokens, pooled.shape[-1])
+        elif clip.audio is not None and len(clip.audio):
+            audio = self.audio_encoder([clip.audio])[0]
         timings["encode_audio"] = time.perf_counter() - start
         start = time.perf_counter()
         visual = self.visual_encoder(clip.frames) if len(clip.frames) else None
@@ -244,30 +275,47 @@ class AVLLM(nn.Module):
                 return
         enc.subtitles, enc.subtitles_left_out = list(segments), 0
 
+    def is_long(self, duration: float) -> bool:
+        return duration > self.config.media.long_clip
+
+    def _slot_times(self, frame_times: np.ndarray, has_visual: bool, duration: float) -> np.ndarray:
+        if has_visual:
+            return np.asarray(frame_times, dtype=np.float64)
+        return sample_times(duration, self.config.media)[0]
+
     def slot_times(self, enc: EncodedClip) -> np.ndarray:
-        if enc.visual is not None:
-            return np.asarray(enc.frame_times, dtype=np.float64)
-        return sample_times(enc.duration, self.config.media)[0]
+        return self._slot_times(enc.frame_times, enc.visual is not None, enc.duration)
 
     def slot_features(self, enc: EncodedClip) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
         """Per time slot: the frame's patch tokens and the audio frames of its time span (None: absent)."""
         times = self.slot_times(enc)
-        edges = slot_edges(times, enc.duration)
-        rate = self.audio_encoder.frame_rate
-        audio_slots: list[torch.Tensor | None] = []
-        for start, end in zip(edges[:-1], edges[1:]):
-            lo, hi = int(start * rate), max(int(np.ceil(end * rate)), int(start * rate) + 1)
-            piece = enc.audio[lo:hi] if enc.audio is not None else None
-            audio_slots.append(piece if piece is not None and len(piece) else None)
+        audio_slots: list[torch.Tensor | None] = [None] * len(times)
+        if enc.audio is not None and enc.audio.dim() == 3:  # a long clip's, pooled per slot already
+            audio_slots[: len(enc.audio)] = list(enc.audio)
+        elif enc.audio is not None:
+            spans = audio_spans(slot_edges(times, enc.duration), self.audio_encoder.frame_rate, len(enc.audio))
+            audio_slots = [enc.audio[lo:hi] if hi > lo else None for lo, hi in spans]
         visual_slots = list(enc.visual) if enc.visual is not None else [None] * len(times)
         return visual_slots, audio_slots
+
+    def unheard(self, enc: EncodedClip) -> list[bool]:
+        """Per slot: whether it starts after the sound was cut at media.max_audio_seconds. Such a slot has
+        no audio tokens: the absent embedding would tell the LLM the clip is silent there, and it is not."""
+        edges = slot_edges(self.slot_times(enc), enc.duration)
+        cut = enc.facts is not None and enc.facts.audio_cut
+        return [cut and start >= enc.facts.audio_seconds for start in edges[:-1]]
 
     def media_embeds(self, enc: EncodedClip) -> torch.Tensor:
         """[slots * (visual + audio tokens) + summary tokens, hidden], slot by slot in time order."""
         visual_slots, audio_slots = self.slot_features(enc)
         visual, audio = self.visual_proj.standardized(visual_slots), self.audio_proj.standardized(audio_slots)
         both = torch.cat([self.visual_proj(visual_slots, visual), self.audio_proj(audio_slots, audio)], dim=1)
-        slots = both.reshape(-1, both.shape[-1])
+        unheard = self.unheard(enc)
+        slots = (
+            torch.cat([b[: self.config.visual_tokens_per_slot] if u else b for b, u in zip(both, unheard)])
+            if any(unheard)
+            else both.reshape(-1, both.shape[-1])
+        )
         return (
             torch.cat([slots, self.summary([visual[0], audio[0]]).to(slots.dtype)])
             if self.summary is not None
@@ -287,18 +335,22 @@ class AVLLM(nn.Module):
                 )
 
     def layout(self, enc: EncodedClip) -> list[int]:
-        """What replaces <video>: per slot an optional time mark, one placeholder per media token and
-        the subtitles that start in the slot (as text); then the clip's summary tokens."""
-        per_slot = [self.video_token_id] * (self.config.visual_tokens_per_slot + self.config.audio_tokens_per_slot)
+        """What replaces <video>: per slot an optional time mark (always in a long clip, so that "when"
+        can be answered), one placeholder per media token and the subtitles that start in the slot (as
+        text); then the clip's summary tokens."""
+        visual, audio = [self.video_token_id] * self.config.visual_tokens_per_slot, self.config.audio_tokens_per_slot
+        long = self.is_long(enc.duration)
         times = self.slot_times(enc)
         slot_of_speech = np.searchsorted(
             slot_edges(times, enc.duration)[1:-1], [s.start for s in enc.subtitles], "right"
         )
         ids: list[int] = []
-        for slot, t in enumerate(times):
-            if self.config.time_marks:
+        for slot, (t, unheard) in enumerate(zip(times, self.unheard(enc))):
+            if long:
+                ids += self.mark_ids(f" t={clock(t)}")
+            elif self.config.time_marks:
                 ids += self.mark_ids(f" t={t:.1f}s")
-            ids += per_slot
+            ids += visual + [self.video_token_id] * (0 if unheard else audio)
             for segment, where in zip(enc.subtitles, slot_of_speech):
                 if where == slot:  # the words follow the slot in which they start
                     ids += self.tokenizer.encode(subtitle_text(segment), add_special_tokens=False)

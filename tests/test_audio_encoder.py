@@ -55,6 +55,14 @@ def test_long_audio_is_windowed_and_concatenated(encoder):
     torch.testing.assert_close(whole, torch.cat([first[0], rest[0]]), atol=1e-5, rtol=0)
 
 
+def test_range_means_are_the_means_of_the_features_across_windows(encoder):
+    audio = noise(75.0)  # three windows, the last one half full
+    (whole,) = encoder([audio])
+    ranges = np.array([[0, 1], [10, 1600], [1499, 1501], [2990, 3750], [3000, 3001]])
+    expected = torch.stack([whole[a:b].mean(0) for a, b in ranges])
+    torch.testing.assert_close(encoder.range_means(audio, ranges), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_batching_matches_encoding_alone(encoder, tiny_pt):
     audios = [noise(1.0, 1), noise(45.0, 2), noise(3.3, 3)]
     small = WhisperAudioEncoder.from_spec(str(tiny_pt), batch_size=2)  # windows (a0, b0) (b1, c0): across inputs

@@ -11,11 +11,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import CLIP_FPS, CLIP_HEIGHT, CLIP_SECONDS, CLIP_WIDTH, level_to_index
+from conftest import CLIP_FPS, CLIP_HEIGHT, CLIP_SECONDS, CLIP_WIDTH, level_to_index, write_clip
 
 from avllm import media
 from avllm.config import MediaConfig
 from avllm.errors import MediaError
+from avllm.inference import with_frames
 from avllm.media import SAMPLE_RATE, load_clip, probe, sample_times
 
 
@@ -60,6 +61,17 @@ def test_fps_is_capped_at_max_frames_and_spread_over_the_clip():
 def test_num_frames_is_capped_at_max_frames():
     times, notes = sample_times(10.0, MediaConfig(num_frames=64, max_frames=16))
     assert len(times) == 16 and notes == ["frames capped at 16 (num_frames asks for 64)"]
+
+
+def test_long_clips_get_one_frame_per_frame_every_seconds_up_to_max_frames():
+    cfg = MediaConfig()  # num_frames 8 up to long_clip (120 s), then one per 15 s, at most max_frames (64)
+    assert [len(sample_times(d, cfg)[0]) for d in (4.0, 100.0, 120.0, 135.0)] == [8, 8, 8, 9]
+    times, notes = sample_times(600.0, cfg)
+    assert len(times) == 40 and notes == [] and np.allclose(np.diff(times), 15.0)
+    times, notes = sample_times(3600.0, cfg)
+    assert len(times) == 64 and notes == ["frames capped at 64 (one per 15 s asks for 240)"]
+    assert len(sample_times(600.0, MediaConfig(frame_every=None))[0]) == 8
+    assert len(sample_times(600.0, with_frames(MediaConfig(), 8))[0]) == 8  # asked for: that many at any length
 
 
 def test_very_short_clip_still_gets_one_frame():
@@ -138,13 +150,11 @@ def test_audio_is_cut_at_max_audio_seconds(av_clip):
     clip = load_clip(av_clip, MediaConfig(max_audio_seconds=1.5))
     assert len(clip.audio) == int(1.5 * SAMPLE_RATE)
     assert clip.facts.audio_seconds == pytest.approx(1.5)
-    assert clip.facts.truncated == ["audio cut to the first 1.5 s of 4.0 s"]
+    assert clip.facts.truncated == ["audio cut to the first 1.5 s of 4.0 s"] and clip.facts.audio_cut
     assert len(clip.frames) == 8 and clip.frame_times[-1] > 3.0  # the picture is not cut
 
 
 def test_audio_is_clipped_to_unit_range(clip_dir):
-    from conftest import write_clip
-
     loud = write_clip(clip_dir / "loud.mp4", seconds=1.0, amplitude=0.99)
     audio = load_clip(loud).audio
     assert np.abs(audio).max() <= 1.0
@@ -352,6 +362,19 @@ def test_file_over_the_duration_limit(av_clip):
     assert str(info.value).startswith(str(av_clip))
 
 
+@pytest.mark.parametrize("suffix", ["mkv", "ts"])
+def test_duration_limit_allows_for_container_rounding(clip_dir, suffix):
+    """The streams of a 4 s clip read as 4.02 s in matroska and 4.04 s in MPEG-TS (the audio's last
+    packet); a limit equal to the streams' length takes them, sound and all."""
+    path = write_clip(clip_dir / f"rounding.{suffix}")
+    limits = MediaConfig(max_duration=CLIP_SECONDS, max_audio_seconds=CLIP_SECONDS)
+    assert probe(path).duration > CLIP_SECONDS  # the rounding this test is about
+    clip = load_clip(path, limits)
+    assert clip.facts.truncated == [] and clip.facts.audio_seconds > CLIP_SECONDS - 0.05
+    with pytest.raises(MediaError, match="max_duration"):
+        probe(path, MediaConfig(max_duration=CLIP_SECONDS - 1.0))
+
+
 def test_rotated_frames_are_turned_upright():
     class Frame:  # what PyAV reports for a phone video stored sideways
         rotation, width, height = 90, 4, 2
@@ -403,15 +426,45 @@ def test_real_webm_vp8_vorbis(shared_clips):
     assert clip.facts.truncated == ["audio cut to the first 10.0 s of 30.0 s"]
 
 
+def decoded_video_frames(monkeypatch) -> list[int]:
+    """A counter of the video frames media decodes from now on (in a one-item list)."""
+    count, decode = [0], media._decode
+
+    def counting(container, stream, damaged):
+        for frame in decode(container, stream, damaged):
+            count[0] += isinstance(frame, av.VideoFrame)
+            yield frame
+
+    monkeypatch.setattr(media, "_decode", counting)
+    return count
+
+
+def full_decode_frames(path, frame_times: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The frames one decoding pass from the start picks for these times, at `size` (width, height)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        start = container.start_time / 1e6
+        return np.stack(
+            [media._to_rgb(f, size) for f in media._scan_frames(container, stream, start + frame_times, [0])]
+        )
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "ts", "mkv"])
+def test_seeking_decodes_about_one_keyframe_interval_per_frame(clip_dir, monkeypatch, suffix):
+    """Decoding follows the number of sampled frames, not the file's length, whatever the container:
+    MPEG-TS has no index (ffmpeg builds a partial one as it reads) and lands past the target on a seek."""
+    path = write_clip(clip_dir / f"thirty_seconds.{suffix}", seconds=30.0)  # a keyframe every 10 frames
+    decoded = decoded_video_frames(monkeypatch)
+    clip = load_clip(path, MediaConfig(num_frames=4))
+    assert decoded[0] <= 4 * 2 * 10  # a whole pass from the first to the last frame decodes over 220
+    expected = full_decode_frames(path, clip.frame_times, (clip.frames.shape[2], clip.frames.shape[1]))
+    np.testing.assert_array_equal(clip.frames, expected)
+
+
 def test_real_clip_seeking_matches_a_full_decode(shared_clips):
     """The seek-per-frame path picks exactly what one pass from the start would."""
     path = shared_clips / "videollama-boat.mp4"
     cfg = MediaConfig(fps=2.0, max_side=96)
     clip = load_clip(path, cfg)
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        start = container.start_time / 1e6
-        reference = media._scan_frames(container, stream, start + clip.frame_times, [0])
-        size = (clip.frames.shape[2], clip.frames.shape[1])
-        expected = np.stack([media._to_rgb(f, size) for f in reference])
+    expected = full_decode_frames(path, clip.frame_times, (clip.frames.shape[2], clip.frames.shape[1]))
     np.testing.assert_array_equal(clip.frames, expected)

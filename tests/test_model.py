@@ -6,10 +6,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import write_clip
 from factories import tiny_llm_folder, tiny_model_fields
 
 from avllm.config import LoraConfig, MediaConfig, ModelConfig
 from avllm.errors import ConfigError, SpliceError
+from avllm.media import load_clip
 from avllm.model import AVLLM, EncodedClip, export_checkpoint, slot_edges
 from avllm.prompt import with_video
 
@@ -70,6 +72,51 @@ def test_audio_that_ends_early_leaves_later_slots_absent(model):
     out = model.media_embeds(enc).reshape(3, KV + KA, -1)
     torch.testing.assert_close(out[2, KV:], model.audio_proj.absent)
     assert not torch.allclose(out[1, KV:], model.audio_proj.absent)
+
+
+def test_slots_after_the_sound_was_cut_by_a_limit_have_no_audio_tokens(model, av_clip):
+    """Absent audio tokens would tell the LLM the clip is silent there; it is only unheard."""
+    clip = load_clip(av_clip, MediaConfig(num_frames=3, max_audio_seconds=1.5))  # slots from 0, 1.33, 2.67 s
+    enc = model.encode(clip)
+    assert model.unheard(enc) == [False, False, True]
+    out = model.media_embeds(enc)
+    assert out.shape[0] == 3 * KV + 2 * KA
+    torch.testing.assert_close(out[-KV:], model.visual_proj([enc.visual[2]])[0])  # the last slot: its frame alone
+    assert not torch.allclose(out[KV + KA + KV : 2 * (KV + KA)], model.audio_proj.absent)  # heard in part
+    ids = torch.tensor([model.tokenize([{"role": "user", "content": with_video("?")}], enc, True).input_ids])
+    torch.testing.assert_close(model.embed(ids, [enc])[0, ids[0] == model.video_token_id], out)
+
+
+def test_short_clips_take_the_path_of_before_bit_for_bit(model, av_clip):
+    """The shipped weights were trained on these inputs: a clip up to media.long_clip is encoded, cut into
+    slots, projected and laid out exactly as before long clips were handled (that path written out here)."""
+    clip = load_clip(av_clip, model.config.media)
+    enc = model.encode(clip)
+    assert torch.equal(enc.audio, model.audio_encoder([clip.audio])[0])
+    assert torch.equal(enc.visual, model.visual_encoder(clip.frames))
+    edges = slot_edges(clip.frame_times, clip.duration)
+    before = [enc.audio[int(a * 50) : max(int(np.ceil(b * 50)), int(a * 50) + 1)] for a, b in zip(edges, edges[1:])]
+    visual_slots, audio_slots = model.slot_features(enc)
+    assert all(torch.equal(x, y) for x, y in zip(audio_slots, before, strict=True))
+    reference = torch.cat([model.visual_proj(list(enc.visual)), model.audio_proj(before)], dim=1).flatten(0, 1)
+    assert torch.equal(model.media_embeds(enc), reference)
+    assert model.layout(enc) == [model.video_token_id] * (len(clip.frame_times) * (KV + KA))
+
+
+def test_a_long_clip_is_pooled_as_it_is_encoded_into_the_projector_inputs_of_before(parts, clip_dir):
+    path = write_clip(clip_dir / "seventy_seconds.mp4", seconds=70.0, fps=2)  # three Whisper windows
+    whole = AVLLM.from_config(make_config(parts, media=MediaConfig(num_frames=5, long_clip=3600.0)), device="cpu")
+    long = AVLLM.from_config(make_config(parts, media=MediaConfig(num_frames=5, long_clip=60.0)), device="cpu")
+    clip = load_clip(path, whole.config.media)
+    assert len(clip.frame_times) == 5  # one per 15 s would be 5 too
+    full, pooled = whole.encode(clip), long.encode(clip)
+    assert full.audio.shape[0] >= 3500 and pooled.audio.shape == (5, KA, long.audio_encoder.dim)
+    torch.testing.assert_close(long.media_embeds(pooled), whole.media_embeds(full), atol=1e-5, rtol=1e-4)
+    marks = long.tokenizer.decode(long.layout(pooled))
+    assert [marks.find(f"t={m}") for m in ("0:07", "0:21", "0:35", "0:49", "1:03")] == sorted(
+        marks.find(f"t={m}") for m in ("0:07", "0:21", "0:35", "0:49", "1:03")
+    )
+    assert "t=" not in whole.tokenizer.decode(whole.layout(full)) and marks.count("<video>") == 5 * (KV + KA)
 
 
 def test_layout_and_splice_positions(model):

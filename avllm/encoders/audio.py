@@ -12,11 +12,13 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import whisper
 from whisper.audio import N_SAMPLES, N_SAMPLES_PER_TOKEN
 from whisper.model import AudioEncoder, ModelDimensions
@@ -184,6 +186,13 @@ class WhisperAudioEncoder(torch.nn.Module):
         trained, and encoded in batches of windows from any input (a window's features never
         depend on its batch); the frames of a window's padding are dropped.
         """
+        pieces: list[list[torch.Tensor]] = [[] for _ in audios]
+        for i, feats in self.windows(audios):
+            pieces[i].append(feats)
+        return [torch.cat(p) for p in pieces]
+
+    def windows(self, audios: list[np.ndarray]) -> Iterator[tuple[int, torch.Tensor]]:
+        """(input, features [frames, dim]) of each 30 s window in order, encoded in batches as they are read."""
         device = self.device
         chunks: list[tuple[int, np.ndarray]] = []  # (input, samples), each input's windows in order
         for i, audio in enumerate(audios):
@@ -191,7 +200,6 @@ class WhisperAudioEncoder(torch.nn.Module):
             if audio.ndim != 1 or audio.size == 0:
                 raise ValueError(f"audio {i}: expected non-empty mono samples, got shape {audio.shape}")
             chunks += [(i, audio[s : s + N_SAMPLES]) for s in range(0, audio.size, N_SAMPLES)]
-        pieces: list[list[torch.Tensor]] = [[] for _ in audios]
         with torch.inference_mode():
             for b in range(0, len(chunks), self.batch_size):
                 batch = chunks[b : b + self.batch_size]
@@ -203,8 +211,21 @@ class WhisperAudioEncoder(torch.nn.Module):
                 )
                 out = self.encoder(mel.to(self.dtype)).float().cpu()
                 for (i, c), feats in zip(batch, out):
-                    pieces[i].append(feats[: self.num_frames(c.size)])
-        return [torch.cat(p) for p in pieces]
+                    yield i, feats[: self.num_frames(c.size)]
+
+    def range_means(self, audio: np.ndarray, ranges: np.ndarray) -> torch.Tensor:
+        """The mean feature over each [start, end) range of frames of one audio: [len(ranges), dim].
+
+        Each window's features are added into the ranges they overlap as the window is encoded, so a long
+        recording's 50 Hz features are never all held (an hour of tiny.en's would be 280 MB)."""
+        ranges = torch.as_tensor(np.asarray(ranges, dtype=np.int64)).reshape(-1, 2)
+        sums, done = torch.zeros(len(ranges), self.dim, dtype=torch.float64), 0
+        for _, feats in self.windows([audio]):
+            prefix = F.pad(feats.double().cumsum(0), (0, 0, 1, 0))  # prefix[k] = sum of the first k frames
+            lo, hi = (ranges - done).clamp(0, len(feats)).unbind(1)
+            sums += prefix[hi] - prefix[lo]
+            done += len(feats)
+        return (sums / (ranges[:, 1] - ranges[:, 0]).clamp_min(1).unsqueeze(1)).float()
 
     def extra_repr(self) -> str:
         return self.description

@@ -70,6 +70,11 @@ class MLPPoolProjector(nn.Module):
             .transpose(1, 2)
         )
 
+    def bins(self, frames: int) -> list[tuple[int, int]]:
+        """The [start, end) of the frames each token averages when `pool` reads `frames` along time
+        (adaptive average pooling's bins): what a long clip's audio is reduced to as it is encoded."""
+        return [((i * frames) // self.tokens, -(-(i + 1) * frames // self.tokens)) for i in range(self.tokens)]
+
     def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any):
         """Weights saved with a whitening matrix bring it; exported ones (folded) and older ones have none."""
         whiten = state_dict.get(prefix + "feature_whiten")
