@@ -20,7 +20,7 @@ stage synth-train avllm synth --out runs/synth/train --n "$TRAIN_CLIPS" --seed 1
 stage align avllm train sft --config starter-align
 stage instruct avllm train sft --config starter-instruct
 # Spoken sentences, transcribed by the starter's Whisper, then the stage that reads subtitles.
-stage synth-speech avllm synth --speech --out runs/synth/speech --n 300 --seed 11
+stage synth-speech avllm synth --speech --out runs/synth/speech --n 200 --seed 11
 stage subtitles avllm train sft --config starter-subtitles
 # What ships: the SFT weights alone, in bfloat16 (about 9.7 MB). The DPO stage below is run but not
 # shipped (docs/experiments.md).

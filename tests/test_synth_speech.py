@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from avllm.data.synth_media import RATE, SLOT_SECONDS, render_audio
-from avllm.data.synth_speech import HELDOUT, PLACES, SUBJECTS, speech_facts, speech_records
+from avllm.data.synth_speech import HELDOUT, NO_PICTURE, PLACES, SUBJECTS, speech_facts, speech_records, talk_audio
 
 
 def sentence_clip(seed: int = 4, heldout_frac: float = 0.0) -> dict:
@@ -34,11 +34,25 @@ def test_answers_quote_the_transcript_not_the_script():
 
 @pytest.mark.parametrize("sound, records", [("beeps", 1), ("sentence", 0)])
 def test_without_subtitles_nobody_speaks_unless_whisper_missed_real_speech(sound, records):
-    f = {**sentence_clip(), "sound": sound, "subtitles": []}
+    f = {**next(f for i in range(50) if (f := speech_facts(4, i, 0.0))["sound"] == sound), "subtitles": []}
     instructions, _ = speech_records(f, np.random.default_rng(0))
     assert len(instructions) == records
     if records:
-        assert instructions[0]["conversations"][-1]["content"] == "Nobody speaks in this clip."
+        turns = instructions[0]["conversations"]
+        asked = next(i for i, t in enumerate(turns) if t["content"].startswith("What does the speaker say?"))
+        assert turns[asked + 1]["content"] == "Nobody speaks in this clip."
+        assert "says" not in " ".join(t["content"] for t in turns[1::2])
+
+
+def test_a_talk_is_sound_only_and_its_answers_name_no_picture():
+    f = next(f for i in range(200) if (f := speech_facts(4, i, 0.0))["sound"] == "talk")
+    audio = talk_audio(f)
+    assert f["media"].endswith(".wav") and 2 <= len(f["sentences"]) <= 3 and len(audio) > 4 * RATE
+    f = {**f, "subtitles": [{"start": 0.5, "end": 2.0, "text": "One."}, {"start": 3.0, "end": 4.0, "text": "Two."}]}
+    turns = speech_records(f, np.random.default_rng(0))[0][0]["conversations"]
+    answers = [t["content"] for t in turns[1::2]]
+    assert 'They say: "One. Two."' in answers
+    assert f'{NO_PICTURE} Someone says: "One. Two."' in answers
 
 
 def test_the_picture_named_is_the_one_on_screen_when_speech_starts():

@@ -2,7 +2,8 @@
 
 Each clip is a clip of the synthetic world (synth.py: the same shapes, flashes and seeds); in most
 of them its sound is replaced by a short sentence that espeak-ng speaks (several voices and speeds),
-the rest keep their beeps, tones, silence or missing track. Every clip is then transcribed by the
+or by a talk of two or three sentences with no picture at all (a .wav); the rest keep their beeps,
+tones, silence or missing track. Every clip is then transcribed by the
 starter's own Whisper (speech.py) exactly as the model will transcribe it, and the answers quote
 that transcript, errors included: the model learns to read the subtitles it will be given, and to
 say that nobody speaks when there are none, never to recall the script.
@@ -11,7 +12,8 @@ A test set (another seed, `--heldout-frac` of 1) speaks sentences built only fro
 so its questions can be answered only by reading.
 
 Files written in DIR: clips/*.mp4, clips.jsonl (facts with their subtitles), speech.jsonl (one
-chat per clip: what is said, when it starts, what is on screen then; plus a multiple-choice record
+chat per clip: what is said, when it starts, what is on screen then, what happens and can be heard
+(a description that names no picture for a talk and no words where nobody speaks); plus a multiple-choice record
 for spoken clips) and speech-qa.jsonl (the multiple-choice questions, for `avllm eval`).
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import time
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +33,18 @@ from ..errors import DataError
 from ..prompt import with_video
 from .formats import qa_prompt, write_jsonl
 from .synth import VERSION, SynthSummary, _pick, sample_facts
-from .synth_media import SECONDS, SLOTS, VOICES, render_clip
-from .synth_text import article, picture_phrase
+from .synth_media import RATE, SECONDS, SLOTS, VOICES, render_clip, spoken
+from .synth_text import article, describe, picture_phrase, picture_sentences
 
 SUBJECTS = ("the old man", "my sister", "the little dog", "a tall woman", "our teacher", "the farmer", "his friend")
 VERBS = ("walks to", "looks at", "runs past", "waits near", "paints", "cleans", "finds", "sells")
 PLACES = ("the river", "the station", "a red house", "the big tree", "the market", "the garden", "a small boat")
+OPEN = "What happens in this clip, and what can be heard?"
 HELDOUT = (("the captain", "a nurse"), ("visits", "repairs"), ("the lighthouse", "the museum"))
 SENTENCE_P = 0.7  # share of clips whose sound becomes a sentence; the others keep the world's sound
+TALK_P = 0.35  # share of those that become a talk instead: 2-3 sentences, sound only, 5-12 s (a .wav)
 SPEECH_SPEEDS = (160, 185)  # words per minute: a sentence fits the 4 s clip
+NO_PICTURE = "There is no picture, only sound."
 
 
 def sentence(rng: np.random.Generator, heldout: bool) -> str:
@@ -61,11 +67,36 @@ def speech_facts(seed: int, index: int, heldout_frac: float) -> dict[str, Any]:
             speed=_pick(rng, SPEECH_SPEEDS),
             speech_slot=int(rng.integers(SLOTS // 2)),
         )
+        if rng.random() < TALK_P:
+            f.update(
+                sound="talk",
+                media=f"clips/{f['id']}.wav",
+                sentences=[f["sentence"]] + [sentence(rng, f["heldout"]) for _ in range(int(rng.integers(1, 3)))],
+                gaps=[round(float(rng.uniform(0.3, 1.5)), 2) for _ in range(3)],
+            )
     return f
+
+
+def talk_audio(f: dict[str, Any]) -> np.ndarray:
+    """The talk's sentences one after the other, each after its gap of silence."""
+    pieces = []
+    for text, gap in zip(f["sentences"], f["gaps"]):
+        pieces += [np.zeros(int(gap * RATE), np.float32), spoken(text, f["voice"], f["speed"])]
+    return np.concatenate(pieces + [np.zeros(int(0.3 * RATE), np.float32)])
+
+
+def write_wav(path: Path, audio: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
 
 
 def picture_at(f: dict[str, Any], seconds: float) -> str:
     """What is shown at a moment: the group, or whichever of the two objects is on screen."""
+    if f["sound"] == "talk":
+        return "nothing: " + NO_PICTURE.lower()
     if f["scene"] == "one":
         return picture_phrase(f)
     obj = f["objects"][0 if seconds < SECONDS / 2 else 1]
@@ -76,14 +107,16 @@ def speech_records(f: dict[str, Any], rng: np.random.Generator) -> tuple[list[di
     """(instruction records, QA records) about one transcribed clip."""
     base = {"media": f["media"], "clip": f["id"]}
     subtitles = f["subtitles"]
-    if not subtitles and f["sound"] in ("speech", "sentence"):
+    if not subtitles and f["sound"] in ("speech", "sentence", "talk"):
         return [], []  # Whisper missed the words: no answer here can be both true and readable
     if not subtitles:
-        pairs = [("What does the speaker say?", "Nobody speaks in this clip.")]
+        pairs = [("What does the speaker say?", "Nobody speaks in this clip."), (OPEN, describe(f))]
     else:
         said, start = " ".join(s["text"] for s in subtitles), subtitles[0]["start"]
+        seen = NO_PICTURE if f["sound"] == "talk" else picture_sentences(f)
         pairs = [
             ("What does the speaker say?", f'They say: "{said}"'),
+            (OPEN, f'{seen} Someone says: "{said}"'),
             ("When does the speaking start?", f"At about {start:.1f} s."),
             ("What is on screen when the speaking starts?", picture_at(f, start).capitalize() + "."),
         ]
@@ -122,7 +155,10 @@ def speech_records(f: dict[str, Any], rng: np.random.Generator) -> tuple[list[di
 
 def _render(job: tuple[dict[str, Any], str]) -> None:
     facts, out = job
-    render_clip(facts, Path(out) / facts["media"])
+    if facts["sound"] == "talk":
+        write_wav(Path(out) / facts["media"], talk_audio(facts))
+    else:
+        render_clip(facts, Path(out) / facts["media"])
 
 
 def synthesize_speech(
