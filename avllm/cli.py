@@ -167,6 +167,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curves(args: argparse.Namespace) -> int:
+    from .train.curves import DPO_TAGS, read_curves, summary_lines
+
+    curves = read_curves(args.run)
+    print("\n".join(summary_lines(curves, None if args.all else DPO_TAGS)))
+    return 0
+
+
 def cmd_features(args: argparse.Namespace) -> int:
     quiet_libraries()
     from .data.cache import FeatureCache, dataset_media, shard
@@ -257,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     train.set_defaults(func=cmd_train)
+
+    curves = sub.add_parser("curves", help="a training run's logged curves (TensorBoard): start and end of each")
+    curves.add_argument("run", help="the run's output_dir (e.g. runs/starter-dpo)")
+    curves.add_argument("--all", action="store_true", help="every scalar logged, not only loss, rewards and eval")
+    curves.set_defaults(func=cmd_curves)
 
     features = sub.add_parser("features", help="cache the frozen encoders' outputs for a dataset's clips")
     features.add_argument("--data", required=True, help="instruction, preference or QA JSONL")
