@@ -21,11 +21,11 @@ stage synth-train avllm synth --out runs/synth/train --n "$TRAIN_CLIPS" --seed 1
 stage features avllm features --model starter --data runs/synth/train/instructions.jsonl
 stage align avllm train sft --config starter-align
 stage instruct avllm train sft --config starter-instruct
-# What ships: the SFT weights alone, in bfloat16 (about 9.7 MB). The DPO stage below is run but not
-# shipped (docs/experiments.md).
+# The SFT weights, in bfloat16 (about 9.7 MB); then DPO from them (scripts/train-dpo.sh, its own
+# data included), exported to runs/starter-dpo-weights.
 rm -rf avllm/weights/starter
 stage export avllm export --model runs/starter-instruct --out avllm/weights/starter
-stage dpo avllm train dpo --config starter-dpo
+stage dpo scripts/train-dpo.sh
 echo "== all training stages: $(( $(date +%s) - start )) s"
 # Held-out test clips (another seed: no clip is shared with training), then the figures
 # (the first 400 items of each file: 399 questions and 300 probes).

@@ -156,3 +156,12 @@ def test_held_out_pairs_are_scored_from_step_zero_and_the_curves_read_back(sft_c
     assert main(["curves", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "eval/preference_accuracy" in printed and "train/rewards/margins" in printed and "step    10" in printed
+
+
+def test_held_out_pairs_belong_to_a_dpo_stage():
+    from avllm.config import load_train_config
+    from avllm.errors import ConfigError
+
+    assert load_train_config("starter-dpo").eval_data == "runs/dpo/held-out.jsonl"
+    with pytest.raises(ConfigError, match="eval_data: 'pairs.jsonl' is out of range; it must be null outside a dpo"):
+        load_train_config("starter-instruct", {"eval_data": "pairs.jsonl"})
