@@ -20,6 +20,8 @@ DPO_TAGS = (
     "train/rewards/margins",
     "train/rewards/accuracies",
     "eval/loss",
+    "eval/rewards/chosen",
+    "eval/rewards/rejected",
     "eval/rewards/margins",
     "eval/rewards/accuracies",
     "eval/preference_accuracy",

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from ..config import DataSource, TrainConfig
 from ..data.dataset import PairCollator, PreferenceDataset
@@ -121,6 +121,15 @@ def without_lora_dropout(model: AVLLM) -> None:
             module.p = 0.0
 
 
+class EvaluateAtEnd(TrainerCallback):
+    """Score the held-out pairs at the last step too, so their curve ends where training does."""
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True
+        return control
+
+
 class DPOTrainer(AVTrainer):
     def __init__(self, *args: Any, beta: float, loss_kind: str, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -204,6 +213,7 @@ def run_dpo(cfg: TrainConfig, resume: str | None = "auto") -> Path:
         projector_lr=cfg.projector_lr,
         beta=cfg.beta,
         loss_kind=cfg.dpo_loss,
+        callbacks=[EvaluateAtEnd()] if held_out is not None else None,
     )
     result = trainer.train(resume_from_checkpoint=resume_point(cfg, resume))
     metrics = {
