@@ -8,14 +8,15 @@
 #   SFT      the SFT weights to start from (default avllm/weights/starter); copied into the run first,
 #            so EXPORT may be the same folder
 #   EXPORT   where the SFT + DPO weights go (default runs/starter-dpo-weights)
-#   THREADS  torch threads for every stage (default 2: the whole 2-core CPU)
+#   THREADS  torch threads for every stage (default 1: on a CPU shared with other work, 2 threads ran
+#            DPO steps 2.5 to 4 times slower than 1; try 2 on an idle host)
 #   STEPS    DPO steps of 8 pairs (default: one epoch of the pairs)
 #   CLIPS, HELD_OUT, PER_KIND, ASKED: the data's size (below); a smoke run sets them small
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 SFT=${SFT:-avllm/weights/starter}
 EXPORT=${EXPORT:-runs/starter-dpo-weights}
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS
 CLIPS=${CLIPS:-56}        # synthetic clips of seed 3 (seeds 1 and 2 are the SFT's training and test sets)
 HELD_OUT=${HELD_OUT:-8}   # of which the last ones give the held-out pairs only
