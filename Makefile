@@ -9,7 +9,7 @@ DEMO_QUESTION ?= What is happening in this video, and what can be heard?
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: demo test lint install starter-weights
+.PHONY: demo test lint install starter-weights starter-dpo
 
 install: $(STAMP)
 
@@ -44,3 +44,8 @@ lint: $(STAMP)
 # runs/eval-*.md.
 starter-weights: $(STAMP)
 	. $(VENV)/bin/activate && scripts/train-starter.sh
+
+# SFT + DPO from the shipped SFT weights (preference data, the SFT's own errors, DPO, export), without
+# retraining the SFT; EXPORT=avllm/weights/starter ships it as the default model.
+starter-dpo: $(STAMP)
+	. $(VENV)/bin/activate && scripts/train-dpo.sh

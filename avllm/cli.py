@@ -203,6 +203,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curves(args: argparse.Namespace) -> int:
+    from .train.curves import DPO_TAGS, read_curves, summary_lines
+
+    curves = read_curves(args.run)
+    print("\n".join(summary_lines(curves, None if args.all else DPO_TAGS)))
+    return 0
+
+
 def cmd_features(args: argparse.Namespace) -> int:
     quiet_libraries()
     from .data.cache import FeatureCache, dataset_media, shard
@@ -263,6 +271,41 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_pairs(args: argparse.Namespace) -> int:
+    from .data.prefs import build_pairs
+
+    s = build_pairs(
+        args.synth,
+        args.out,
+        args.per_kind,
+        args.held_out_out,
+        args.held_out_clips,
+        args.held_out_per_kind,
+        seed=args.seed,
+    )
+    kinds = ", ".join(f"{n} {kind}" for kind, n in s.by_kind.items())
+    print(f"wrote {s.pairs} pairs to {args.out} ({kinds}); {s.held_out} held out; {s.clips_written} clip files")
+    return 0
+
+
+def cmd_data_onpolicy(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    import torch
+
+    from .data.cache import FeatureCache
+    from .data.onpolicy import onpolicy_pairs
+    from .model import AVLLM
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = AVLLM.load(args.model)
+    s = onpolicy_pairs(
+        model, args.pairs, args.out, FeatureCache(model, args.cache), args.limit, args.max_new_tokens, args.temperature
+    )
+    print(f"wrote {s.wrong} on-policy pairs to {s.out} (wrong answers to {s.wrong} of {s.asked} prompts)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avllm", description="Audio-visual chat assistant")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     train.set_defaults(func=cmd_train)
+
+    curves = sub.add_parser("curves", help="a training run's logged curves (TensorBoard): start and end of each")
+    curves.add_argument("run", help="the run's output_dir (e.g. runs/starter-dpo)")
+    curves.add_argument("--all", action="store_true", help="every scalar logged, not only loss, rewards and eval")
+    curves.set_defaults(func=cmd_curves)
 
     features = sub.add_parser("features", help="cache the frozen encoders' outputs for a dataset's clips")
     features.add_argument("--data", required=True, help="instruction, preference or QA JSONL")
@@ -356,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.importers import FORMATS
 
     data = sub.add_parser("data", help="datasets: import public layouts (LLaVA, AudioCaps, MUSIC-AVQA, ...) as JSONL")
-    imp = data.add_subparsers(dest="data_command", required=True).add_parser(
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    imp = data_sub.add_parser(
         "import", help="convert a public dataset to avllm instruction / preference / QA JSONL, streamed"
     )
     imp.add_argument("--format", required=True, choices=list(FORMATS), help="the dataset's published layout")
@@ -371,6 +420,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-outside-media", action="store_true", help="clips outside the output's folder: write absolute paths"
     )
     imp.set_defaults(func=cmd_data_import)
+    pairs = data_sub.add_parser("pairs", help="preference pairs that teach grounding, from an `avllm synth` folder")
+    pairs.add_argument("--synth", required=True, help="a folder written by avllm synth")
+    pairs.add_argument("--out", required=True, help="preference JSONL to write, in or above the synth folder")
+    pairs.add_argument(
+        "--per-kind", type=positive_int, default=40, help="pairs of each kind (fewer where there are fewer)"
+    )
+    pairs.add_argument(
+        "--held-out-out", default=None, help="preference JSONL of held-out pairs (TrainConfig.eval_data)"
+    )
+    pairs.add_argument("--held-out-clips", type=int, default=0, help="the set's last clips kept for the held-out pairs")
+    pairs.add_argument("--held-out-per-kind", type=positive_int, default=6, help="held-out pairs of each kind")
+    pairs.add_argument("--seed", type=int, default=0, help="which pairs are picked, and their order")
+    pairs.set_defaults(func=cmd_data_pairs)
+    onpolicy = data_sub.add_parser(
+        "onpolicy", help="pairs whose rejected answer is a model's own wrong answer to a preference file's prompts"
+    )
+    onpolicy.add_argument("--model", default=DEFAULT_MODEL, help="the model whose errors to collect (the SFT)")
+    onpolicy.add_argument("--pairs", required=True, help="preference JSONL whose prompts and chosen answers to use")
+    onpolicy.add_argument("--out", required=True, help="preference JSONL to write, beside --pairs")
+    onpolicy.add_argument("--limit", type=positive_int, default=None, help="ask only the first N prompts")
+    onpolicy.add_argument("--max-new-tokens", type=positive_int, default=48)
+    onpolicy.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the answer users get)")
+    onpolicy.add_argument("--cache", default=None, help="feature cache folder (default ~/.cache/avllm/features)")
+    onpolicy.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
+    onpolicy.set_defaults(func=cmd_data_onpolicy)
 
     evaluate = sub.add_parser("eval", help="zero-shot evaluation on QA files and benchmarks; JSON + Markdown report")
     evaluate.add_argument("--model", default=DEFAULT_MODEL, help="preset name, YAML file or checkpoint folder")

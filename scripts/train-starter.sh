@@ -22,11 +22,11 @@ stage instruct avllm train sft --config starter-instruct
 # Spoken sentences, transcribed by the starter's Whisper, then the stage that reads subtitles.
 stage synth-speech avllm synth --speech --out runs/synth/speech --n 200 --seed 11
 stage subtitles avllm train sft --config starter-subtitles
-# What ships: the SFT weights alone, in bfloat16 (about 9.7 MB). The DPO stage below is run but not
-# shipped (docs/experiments.md).
+# The SFT weights, in bfloat16 (about 9.7 MB); then DPO from them (scripts/train-dpo.sh, its own
+# data included), exported to runs/starter-dpo-weights.
 rm -rf avllm/weights/starter
 stage export avllm export --model runs/starter-subtitles --out avllm/weights/starter
-stage dpo avllm train dpo --config starter-dpo
+stage dpo scripts/train-dpo.sh
 echo "== all training stages: $(( $(date +%s) - start )) s"
 # Held-out test clips (another seed: no clip is shared with training), then the figures
 # (the first 400 items of each file: 399 questions and 300 probes).

@@ -184,8 +184,8 @@ def truncated_mp4_no_index(clip_dir, av_clip) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_clips() -> Path:
-    """The real clips in ../shared/clips (see SOURCES.md there); skip when absent."""
-    folder = Path(__file__).resolve().parents[2] / "shared" / "clips"
+    """The real clips in ../shared/clips (see SOURCES.md there), or $AVLLM_SHARED_CLIPS; skip when absent."""
+    folder = Path(os.environ.get("AVLLM_SHARED_CLIPS", Path(__file__).resolve().parents[2] / "shared" / "clips"))
     if not folder.is_dir():
         pytest.skip(f"{folder} not found: the real-clip tests need the shared clips folder")
     return folder

@@ -133,3 +133,35 @@ def test_training_raises_the_margin_and_never_moves_the_reference(sft_checkpoint
     assert (after[:, 0] - after[:, 1]).mean() > (
         fresh[:, 0] - fresh[:, 1]
     ).mean()  # the policy moved, the reference did not
+
+
+def test_held_out_pairs_are_scored_from_step_zero_and_the_curves_read_back(sft_checkpoint, tmp_path, capsys):
+    from avllm.cli import main
+    from avllm.train.curves import read_curves
+
+    held_out = sft_checkpoint / "held-out.jsonl"  # beside the clips; here the training pairs themselves
+    held_out.write_text("\n".join((sft_checkpoint / "prefs.jsonl").read_text().splitlines()[:2]) + "\n")
+    cfg = recipe(sft_checkpoint, tmp_path, eval_data=str(held_out), eval_steps=4, max_steps=10)
+    out = run_dpo(cfg)
+    assert (out / "reference_logps_eval.safetensors").is_file()
+    evals = [e for e in json.loads((out / "train_metrics.json").read_text())["log_history"] if "eval_loss" in e]
+    assert [e["step"] for e in evals] == [0, 4, 8, 10]  # before the first step, every 4, and at the end
+    assert evals[0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-3) and evals[0]["eval_rewards/margins"] == 0
+    assert evals[-1]["eval_rewards/margins"] > evals[0]["eval_rewards/margins"]  # trained on the same pairs
+    assert evals[-1]["eval_preference_accuracy"] == 1.0
+    curves = read_curves(out)
+    assert [step for step, _ in curves["eval/preference_accuracy"]] == [0, 4, 8, 10]
+    assert curves["eval/rewards/margins"][-1][1] == pytest.approx(evals[-1]["eval_rewards/margins"], rel=1e-5)
+    assert [step for step, _ in curves["train/rewards/accuracies"]] == list(range(1, 11))
+    assert main(["curves", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "eval/preference_accuracy" in printed and "train/rewards/margins" in printed and "step    10" in printed
+
+
+def test_held_out_pairs_belong_to_a_dpo_stage():
+    from avllm.config import load_train_config
+    from avllm.errors import ConfigError
+
+    assert load_train_config("starter-dpo").eval_data == "runs/dpo/held-out.jsonl"
+    with pytest.raises(ConfigError, match="eval_data: 'pairs.jsonl' is out of range; it must be null outside a dpo"):
+        load_train_config("starter-instruct", {"eval_data": "pairs.jsonl"})

@@ -147,7 +147,8 @@ def test_report_json_markdown_and_predictions(tmp_path):
     assert [p.name for p in paths] == ["report.json", "report.md", "report.predictions.jsonl"]
     assert json.loads(paths[0].read_text()) == report
     md = paths[1].read_text()
-    assert "| task | group | n | accuracy | chance | hallucination rate |" in md
+    assert "| task | group | n | accuracy | chance | hallucination rate | yes rate |" in md
+    assert "| t | all (loglik) | 6 | 33.3% | 37.5% | 100.0% | 100.0% |" in md  # 3 probes, all answered yes
     assert "| t | all (loglik) | 6 |" in md and "| | visual/flash |" in md.replace("|  |", "| |")
     assert "1 item(s) not scored, media missing (lost-clip)" in md and "3 annotation(s) skipped" in md
     assert len(paths[2].read_text().splitlines()) == 6
@@ -251,56 +252,47 @@ def test_avsd_adapter(tmp_path):
     assert s["n"] == 1 and s["accuracy"] == 1.0 and s["missing_media"] == 1
 
 
-def test_avhbench_adapter_reads_a_folder(tmp_path):
-    folder = tmp_path / "json"
-    folder.mkdir()
-    (tmp_path / "video").mkdir()
-    (tmp_path / "video" / "00191.mp4").write_bytes(b"fake")
-    (folder / "00191.json").write_text(
-        json.dumps(
-            [
-                {
-                    "video_id": "00191",
-                    "task": "Video-driven Audio Hallucination",
-                    "text": "Is the couch making sound in the audio?",
-                    "label": "No",
-                },
-                {
-                    "video_id": "00191",
-                    "task": "Audio-driven Video Hallucination",
-                    "text": "Is the sleeping man visible in the video?",
-                    "label": "Yes",
-                },
-                {
-                    "video_id": "00191",
-                    "task": "AV Captioning",
-                    "text": "Describe what you see and hear.",
-                    "label": "A man sleeps.",
-                },
-            ]
-        )
-    )
-    (folder / "00006.json").write_text(
-        json.dumps(
-            [
-                {
-                    "video_id": "00006",
-                    "task": "AV Matching",
-                    "text": "Are the contexts of audio and visual content matching?",
-                    "label": "Yes",
-                }
-            ]
-        )
-    )
-    data = make_task(f"avhbench:{folder}", media_dir=str(tmp_path / "video")).load()
-    assert [(i.kind, i.answer, i.choices) for i in data.items] == [
-        ("av-matching", "yes", ["yes", "no"]),
-        ("video-driven-audio-hallucination", "no", ["yes", "no"]),
-        ("audio-driven-video-hallucination", "yes", ["yes", "no"]),
+AVHBENCH = Path(__file__).parent / "fixtures" / "avhbench" / "json"
+AVHBENCH_NAMES = ("00001", "00001_swap")
+
+
+def avhbench_media(folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    for name in AVHBENCH_NAMES:
+        (folder / f"{name}.mp4").write_bytes(b"fake")
+    return folder
+
+
+def test_avhbench_adapter_names_its_tasks_and_reports_them_as_avhbench_does(tmp_path):
+    data = make_task(f"avhbench:{AVHBENCH}", media_dir=str(avhbench_media(tmp_path / "video"))).load()
+    kinds = {"Audio-driven Video Hallucination": 3, "Video-driven Audio Hallucination": 3, "AV Matching": 2}
+    assert {k: sum(i.kind == k for i in data.items) for k in kinds} == kinds and len(data.items) == 8
+    assert all(i.choices == ["yes", "no"] and i.answer in ("yes", "no") for i in data.items)
+    assert data.skipped == {"AV Captioning (not yes/no)": 1} and data.missing == []
+    # a model that hears no sound and sees everything: "no" to the audio questions, "yes" to the rest
+    model = FakeModel(lambda q, opts: "No" if "in the audio" in q else "Yes")
+    report = build_report([evaluate(data, model, progress=False)], "m", 0)
+    s = report["tasks"][data.name]["by_kind"]
+    sight, sound, matching = (s[k] for k in kinds)  # questions about the picture, the sound, both
+    assert sound["accuracy"] == pytest.approx(2 / 3, abs=1e-4) and sound["yes_rate"] == 0.0
+    assert sound["hallucination_rate"] == 0.0 and sound["recall"] == 0.0 and sound["f1"] == 0.0
+    assert sight["accuracy"] == pytest.approx(1 / 3, abs=1e-4) and sight["hallucination_rate"] == 1.0
+    assert sight["yes_rate"] == 1.0 and sight["precision"] == pytest.approx(1 / 3, abs=1e-4)
+    assert sight["recall"] == 1.0 and sight["f1"] == 0.5
+    assert matching["accuracy"] == 0.5 and matching["hallucination_rate"] == 1.0
+    md = markdown(report)
+    assert "|  | Video-driven Audio Hallucination | 3 | 66.7% | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% |" in md
+    assert "|  | Audio-driven Video Hallucination | 3 | 33.3% | 33.3% | 100.0% | 50.0% | 100.0% | 100.0% |" in md
+
+
+def test_avhbench_adapter_reads_one_file_and_names_missing_videos(tmp_path):
+    data = make_task(f"avhbench:{AVHBENCH / '00001_swap.json'}", media_dir=str(tmp_path)).load()
+    assert [i.kind for i in data.items] == [
+        "Video-driven Audio Hallucination",
+        "Audio-driven Video Hallucination",
+        "AV Matching",
     ]
-    assert data.skipped == {"AV Captioning (not yes/no)": 1} and data.missing == ["00006"]
-    s = build_report([evaluate(data, FakeModel(first_option), progress=False)], "m", 0)["tasks"][data.name]
-    assert s["n"] == 2 and s["hallucination_rate"] == 1.0 and s["accuracy"] == 0.5
+    assert data.missing == ["00001_swap"] and all(i.media is None for i in data.items)
 
 
 def test_bad_benchmark_files_and_specs(tmp_path):
@@ -348,3 +340,39 @@ def test_cli_eval_runs_end_to_end_on_a_tiny_model(tiny, tmp_path, capsys):
         str(path), [f"jsonl:{data / 'probes.jsonl'}"], limit=2, mode="generate", max_new_tokens=3, progress=False
     )
     assert gen["tasks"][f"jsonl:{data / 'probes.jsonl'}"]["n"] == 2
+
+
+def test_cli_eval_runs_the_avhbench_fixture_on_a_tiny_model(tiny, tmp_path, capsys):
+    path, data = tiny
+    clips = sorted((data / "clips").glob("*.mp4"))
+    video = tmp_path / "video"
+    video.mkdir()
+    for name, clip in zip(AVHBENCH_NAMES, clips):
+        (video / f"{name}.mp4").write_bytes(clip.read_bytes())
+    out = tmp_path / "avh.json"
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(path),
+                "--tasks",
+                f"avhbench:{AVHBENCH}",
+                "--media-dir",
+                str(video),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    s = json.loads(out.read_text())["tasks"][f"avhbench:{AVHBENCH}"]
+    assert s["n"] == 8 and s["missing_media"] == 0
+    for kind, n in (
+        ("Audio-driven Video Hallucination", 3),
+        ("Video-driven Audio Hallucination", 3),
+        ("AV Matching", 2),
+    ):
+        assert s["by_kind"][kind]["n"] == n and {"hallucination_rate", "yes_rate", "f1"} <= set(s["by_kind"][kind])
+    printed = capsys.readouterr().out
+    assert "|  | Audio-driven Video Hallucination | 3 |" in printed and "precision, recall and F1" in printed

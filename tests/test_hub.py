@@ -148,7 +148,7 @@ def test_export_writes_a_model_card_with_the_config_the_data_and_the_eval_table(
     assert f"| instruct | `d/instruct.jsonl` | `{align}` |" in text
     assert "| align | `d/a.jsonl` | `tiny` |" in text  # the chain followed back to the first stage
     table = markdown(report).splitlines()[2:]
-    assert "| jsonl:qa.jsonl | all (loglik) | 2 | 50.0% | 50.0% |  |" in table
+    assert "| jsonl:qa.jsonl | all (loglik) | 2 | 50.0% | 50.0% |  |  |" in table
     assert all(line in text for line in table)
 
 

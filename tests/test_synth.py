@@ -71,7 +71,7 @@ def test_synth_writes_the_files_the_starter_recipes_train_on(sets):
     """align: the choice records; instruct-mix: the sessions, then the open chats; dpo-pairs: every
     third hallucination pair, every third omission pair, then every fifteenth of the others."""
     written = {name: read(sets / "a" / f"{name}.jsonl") for name in ("instructions", "sessions", "preferences")}
-    for recipe in ("starter-align", "starter-instruct", "starter-dpo"):
+    for recipe in ("starter-align", "starter-instruct"):  # starter-dpo reads `avllm data pairs` (test_prefs.py)
         data = Path(load_train_config(recipe).data)
         assert data.parent == Path("runs/synth/train") and (sets / "a" / data.name).is_file()
     instructions = written["instructions"]

@@ -4,7 +4,9 @@ the hallucination rate), as JSON and as a Markdown table.
 - chance: for multiple choice the mean of 1/len(choices); for open questions the accuracy of
   always giving the most common answer of that group (a majority baseline).
 - hallucination_rate: among yes/no items whose true answer is no, the share answered yes.
-  yes_rate (the share of all yes/no items answered yes) sits beside it, as AVHBench reports.
+  yes_rate (the share of all yes/no items answered yes) sits beside it, and precision, recall
+  and F1 of "yes", as AVHBench reports each of its tasks: a model that says "no" to everything
+  has no hallucinations but a yes rate of 0 and an F1 of 0.
 - Kinds written `modality/what` (probes: `audio/speech`; MUSIC-AVQA: `audio/counting`) are also
   summed per modality as `audio/*`.
 - Items with a `split` (e.g. heldout_vocab) are left out of the task's main figures and reported
@@ -43,6 +45,12 @@ def _group(items: list[ItemResult]) -> dict[str, Any]:
             round(sum(id(r) in said_yes for r in true_no) / len(true_no), 4) if true_no else None
         )
         out["yes_rate"] = round(len(said_yes) / len(yes_no), 4)
+        true_yes = sum(id(r) in said_yes for r in yes_no if normalize(r.answer) == "yes")
+        positives = sum(normalize(r.answer) == "yes" for r in yes_no)
+        precision = true_yes / len(said_yes) if said_yes else 0.0
+        recall = true_yes / positives if positives else 0.0
+        out["precision"], out["recall"] = round(precision, 4), round(recall, 4)
+        out["f1"] = round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0
     return out
 
 
@@ -87,20 +95,31 @@ def _pct(value: float | None) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """One table: each task's overall row, its kinds, then its splits; notes on missing media after."""
+    """One table: each task's overall row, its kinds, then its splits; then, for the groups asked
+    yes/no, AVHBench's table (accuracy, precision, recall, F1, yes rate); notes on missing media last."""
     lines = [
         f"Model: `{report['model']}`; {report['seconds']:.1f} s in all.",
         "",
-        "| task | group | n | accuracy | chance | hallucination rate |",
-        "|---|---|---:|---:|---:|---:|",
+        "| task | group | n | accuracy | chance | hallucination rate | yes rate |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    yes_no = [
+        "",
+        'Yes/no questions (AVHBench\'s figures: precision, recall and F1 of "yes"):',
+        "",
+        "| task | group | n | accuracy | precision | recall | F1 | yes rate | hallucination rate |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
 
     def row(task: str, group: str, g: dict[str, Any]) -> None:
         lines.append(
             f"| {task} | {group} | {g['n']} | {_pct(g['accuracy'])} | {_pct(g['chance'])} | "
-            f"{_pct(g.get('hallucination_rate'))} |"
+            f"{_pct(g.get('hallucination_rate'))} | {_pct(g.get('yes_rate'))} |"
         )
+        if "yes_rate" in g:
+            figures = ("accuracy", "precision", "recall", "f1", "yes_rate", "hallucination_rate")
+            yes_no.append(f"| {task} | {group} | {g['n']} | " + " | ".join(_pct(g.get(k)) for k in figures) + " |")
 
     for name, t in report["tasks"].items():
         row(name, f"all ({t['mode']})", t)
@@ -119,6 +138,8 @@ def markdown(report: dict[str, Any]) -> str:
             notes.append(f"- {name}: {t['unreadable_media']} item(s) not scored, media unreadable")
         for reason, count in t.get("skipped", {}).items():
             notes.append(f"- {name}: {count} annotation(s) skipped: {reason}")
+    if len(yes_no) > 5:
+        lines += yes_no
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,9 @@ A task is named `PREFIX:PATH` on the command line (`jsonl:data/qa.jsonl`,
 - `avsd`       AVSD (DSTC7/8): {"dialogs": [{image_id, dialog: [{question, answer}]}]}; the last
                turn of each dialogue is asked with the earlier turns as history. Open answers.
 - `avhbench`   AVHBench: JSON lists of {video_id, task, text, label}, one file or a folder of them;
-               yes/no judgement tasks (captioning items are counted as skipped).
+               yes/no judgement tasks (captioning items are counted as skipped), each item's
+               kind the task as AVHBench names it ("Audio-driven Video Hallucination", "Video-driven
+               Audio Hallucination", "AV Matching"), so the report's rows are its tables' rows.
 
 Benchmark media that are missing are counted and listed in the report, not fatal.
 """
@@ -19,7 +21,6 @@ Benchmark media that are missing are counted and listed in the report, not fatal
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -230,7 +231,7 @@ class AVHBenchTask(Task):
                 if label not in ("yes", "no"):
                     skipped[f"{rec['task']} (not yes/no)"] = skipped.get(f"{rec['task']} (not yes/no)", 0) + 1
                     continue
-                kind = re.sub(r"[^a-z0-9]+", "-", str(rec["task"]).lower()).strip("-")
+                kind = " ".join(str(rec["task"]).split())
                 media = self.find_media(str(rec["video_id"]))
                 if media is None:
                     missing.append(str(rec["video_id"]))

@@ -202,6 +202,11 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
         use_cpu=not on_gpu,
         activation_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
+        # DPO with held-out pairs: scored before the first step (the curve's start), then every eval_steps
+        eval_strategy="steps" if cfg.eval_data else "no",
+        eval_steps=cfg.eval_steps,
+        eval_on_start=bool(cfg.eval_data),
+        per_device_eval_batch_size=cfg.batch_size,
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
