@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped starter weights (avllm/weights/starter): synthetic data (with the recipe's
-# training files), align (which fills the feature cache), instruct, subtitles, export, DPO, then the held-out evaluations.
+# training files), align (which fills the feature cache), instruct, subtitles, export, DPO, then
+# the held-out evaluations.
 # Prints each stage's wall time. Run from the repo root inside .venv (make starter-weights does both).
 set -euo pipefail
 export HF_HUB_OFFLINE=1
