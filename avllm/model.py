@@ -35,7 +35,7 @@ from .media import Clip, MediaFacts, sample_times
 from .projector.clip_summary import ClipSummary
 from .projector.mlp_pool import MLPPoolProjector
 from .prompt import IGNORE_INDEX, ChatTokens, Message, add_video_token, encode_chat, expand_placeholders
-from .speech import Segment, Transcriber, ctranslate2_source, subtitle_text
+from .speech import NO_SPEECH, Segment, Transcriber, ctranslate2_source, subtitle_text
 
 CONFIG_FILE = "avllm_config.json"
 PROJECTOR_FILE = "projectors.safetensors"
@@ -337,7 +337,8 @@ class AVLLM(nn.Module):
     def layout(self, enc: EncodedClip) -> list[int]:
         """What replaces <video>: per slot an optional time mark (always in a long clip, so that "when"
         can be answered), one placeholder per media token and the subtitles that start in the slot (as
-        text); then the clip's summary tokens."""
+        text), "[no speech]" when the model transcribes and heard none (a clip
+        without sound included: a stated absence is easier to read than a missing quote); then the clip's summary tokens."""
         visual, audio = [self.video_token_id] * self.config.visual_tokens_per_slot, self.config.audio_tokens_per_slot
         long = self.is_long(enc.duration)
         times = self.slot_times(enc)
@@ -354,6 +355,8 @@ class AVLLM(nn.Module):
             for segment, where in zip(enc.subtitles, slot_of_speech):
                 if where == slot:  # the words follow the slot in which they start
                     ids += self.tokenizer.encode(subtitle_text(segment), add_special_tokens=False)
+        if self.transcriber is not None and not enc.subtitles and not enc.subtitles_left_out:
+            ids += self.mark_ids(NO_SPEECH)
         return ids + [self.video_token_id] * self.config.summary_tokens
 
     def mark_ids(self, text: str) -> list[int]:

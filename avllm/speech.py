@@ -108,6 +108,9 @@ class Transcriber:
         return kept
 
 
+NO_SPEECH = " [no speech]"  # after the slots of a transcribed clip in which nobody speaks: absence, stated as text
+
+
 def subtitle_text(segment: Segment) -> str:
     """How a segment reads in the prompt: its start time, then the words as quoted speech."""
     return f' [{segment.start:.1f} s] "{segment.text}"'

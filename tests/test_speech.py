@@ -16,7 +16,7 @@ from avllm.config import MediaConfig, ModelConfig
 from avllm.data.cache import FeatureCache
 from avllm.inference import ChatReport, answer_stream
 from avllm.model import AVLLM, EncodedClip
-from avllm.speech import Segment, _kept, ctranslate2_source, subtitle_text
+from avllm.speech import NO_SPEECH, Segment, _kept, ctranslate2_source, subtitle_text
 
 JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
 
@@ -77,6 +77,21 @@ def test_the_words_follow_the_slot_they_are_spoken_in(model):
     assert "ask not" in model.tokenizer.decode(layout[per_slot : per_slot + len(first)])
 
 
+def test_a_clip_without_speech_says_so_when_the_model_transcribes(model, monkeypatch):
+    said, silent, mute = clip(model), clip(model), clip(model)
+    model.set_subtitles(said, [Segment(0.2, 0.9, "ask not")])
+    mute.audio = None
+
+    def marked(enc: EncodedClip) -> bool:
+        return NO_SPEECH.strip() in model.tokenizer.decode(model.layout(enc))
+
+    assert not marked(silent)  # subtitles off: nothing is known about speech
+    monkeypatch.setattr(model, "transcriber", lambda audio: [])
+    assert marked(silent) and marked(mute) and not marked(said)
+    silent.subtitles_left_out = 3  # speech that did not fit is still speech
+    assert not marked(silent)
+
+
 def test_subtitles_past_the_budget_are_left_out_and_reported(model):
     enc = clip(model)
     many = [Segment(0.1 * i, 0.1 * i + 0.1, f"word number {i}") for i in range(20)]
@@ -135,7 +150,7 @@ def heard(transcriber, path) -> list[Segment]:
 
 
 SPEECH = ["whisper-jfk.flac", "fasterwhisper-stereo_diarization.wav", "videollama-skateboarding_dog.mp4"]
-NO_SPEECH = [
+SILENT = [
     "videollama2-00003491.mp4",  # ukulele duet
     "videollama-applausing.mp4",
     "videollama-boat.mp4",
@@ -150,9 +165,9 @@ NO_SPEECH = [
 
 @pytest.mark.slow
 def test_speech_gets_subtitles_and_music_noise_and_silence_get_none(transcriber, shared_clips):
-    assert {name: bool(heard(transcriber, shared_clips / name)) for name in SPEECH + NO_SPEECH} == {
+    assert {name: bool(heard(transcriber, shared_clips / name)) for name in SPEECH + SILENT} == {
         **{name: True for name in SPEECH},
-        **{name: False for name in NO_SPEECH},
+        **{name: False for name in SILENT},
     }
 
 
