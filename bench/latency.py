@@ -8,8 +8,9 @@ generation) and prints each run's timings and the median. Build the caches first
     python bench/latency.py --subtitles   # what transcription adds: 30 s of speech, 30 s without
 
 `--subtitles` runs each clip with and without `--no-subtitles`, alternating, and prints the medians
-and what subtitles add to the first token. The speech clip is whisper-jfk.flac three times over
-(33 s), written into a temporary folder; the clip without speech is the default clip.
+and what subtitles add to the first token. The speech clip is three real speeches one after the
+other (whisper-jfk.flac, the stereo wav, the skateboarding dog: 30 s), written into a temporary
+folder; the clip without speech is the default clip.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from avllm.config import default_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP = ROOT.parent / "shared" / "clips" / "moviepy-big_buck_bunny_0_30.webm"
+SPEECHES = ("whisper-jfk.flac", "fasterwhisper-stereo_diarization.wav", "videollama-skateboarding_dog.mp4")
 KEYS = ["load", "decode", "encode_audio", "encode_visual", "prefill", "first_token", "generate", "total"]
 
 
@@ -52,17 +54,18 @@ def run_once(clip: Path, model: str, max_new_tokens: int, *flags: str) -> dict:
 
 
 def speech_clip(folder: Path) -> Path:
-    """whisper-jfk.flac three times over, as 16 kHz mono wav."""
+    """Three real speeches one after the other, as 16 kHz mono wav (a repeated one would read as a
+    Whisper loop and be dropped)."""
     from avllm.config import MediaConfig
     from avllm.media import SAMPLE_RATE, load_clip
 
-    audio = load_clip(DEFAULT_CLIP.parent / "whisper-jfk.flac", MediaConfig()).audio
-    path = folder / "jfk-x3.wav"
+    audio = np.concatenate([load_clip(DEFAULT_CLIP.parent / name, MediaConfig()).audio for name in SPEECHES])
+    path = folder / "speeches.wav"
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(np.concatenate([audio] * 3), -1, 1) * 32767).astype(np.int16).tobytes())
+        out.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
     return path
 
 
