@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CLIPS ?= ../shared/clips
-DEMO_CLIP ?= $(CLIPS)/videollama-dog_barking.mp4
-DEMO_QUESTION ?= What is happening in this video, and what can be heard?
+DEMO_CLIP ?= $(CLIPS)/videollama-skateboarding_dog.mp4
+DEMO_QUESTION ?= What does the speaker say?
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
