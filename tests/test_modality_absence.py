@@ -49,6 +49,7 @@ def test_the_shared_clips_hold_files_without_a_picture_and_without_sound(answers
     }
 
 
+@pytest.mark.xfail(strict=True, reason="issue 34: the shipped SFT starter still describes shapes for sound-only files")
 def test_a_file_without_a_picture_gets_no_picture_in_the_answer(answers):
     wrong = {
         name: answer
