@@ -337,8 +337,9 @@ class AVLLM(nn.Module):
     def layout(self, enc: EncodedClip) -> list[int]:
         """What replaces <video>: per slot an optional time mark (always in a long clip, so that "when"
         can be answered), one placeholder per media token and the subtitles that start in the slot (as
-        text), "[no speech]" when the model transcribes and heard none (a clip
-        without sound included: a stated absence is easier to read than a missing quote); then the clip's summary tokens."""
+        text), or "[no speech]" after the slots when the model transcribes and heard none (a clip
+        without sound included: an absence stated is easier to read than a quote missing); then the
+        clip's summary tokens."""
         visual, audio = [self.video_token_id] * self.config.visual_tokens_per_slot, self.config.audio_tokens_per_slot
         long = self.is_long(enc.duration)
         times = self.slot_times(enc)
