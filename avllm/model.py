@@ -338,8 +338,8 @@ class AVLLM(nn.Module):
         """What replaces <video>: per slot an optional time mark (always in a long clip, so that "when"
         can be answered), one placeholder per media token and the subtitles that start in the slot (as
         text), or "[no speech]" after the slots when the model transcribes and heard none (a clip
-        without sound included: an absence stated is easier to read than a quote missing); then the
-        clip's summary tokens."""
+        without sound included), so that no speech is said in the text and not only left unquoted;
+        then the clip's summary tokens."""
         visual, audio = [self.video_token_id] * self.config.visual_tokens_per_slot, self.config.audio_tokens_per_slot
         long = self.is_long(enc.duration)
         times = self.slot_times(enc)
