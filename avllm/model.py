@@ -243,7 +243,7 @@ class AVLLM(nn.Module):
         audio projector's pooling would make of its 50 Hz features: an hour of them is never held."""
         timings = {}
         start = time.perf_counter()
-        audio = None
+        audio = window = None  # window: the first 30 s as Whisper's decoder reads them, for the subtitles
         if clip.audio is not None and len(clip.audio) and self.is_long(clip.duration):
             times = self._slot_times(clip.frame_times, len(clip.frames) > 0, clip.duration)
             frames = self.audio_encoder.num_frames(len(clip.audio))
@@ -252,7 +252,8 @@ class AVLLM(nn.Module):
             pooled = self.audio_encoder.range_means(clip.audio, np.array(bins))
             audio = pooled.reshape(-1, self.audio_proj.tokens, pooled.shape[-1])
         elif clip.audio is not None and len(clip.audio):
-            audio = self.audio_encoder([clip.audio])[0]
+            windows = [feats for _, feats in self.audio_encoder.windows([clip.audio], whole=True)]
+            audio, window = torch.cat(windows)[: self.audio_encoder.num_frames(len(clip.audio))], windows[0]
         timings["encode_audio"] = time.perf_counter() - start
         start = time.perf_counter()
         visual = self.visual_encoder(clip.frames) if len(clip.frames) else None
@@ -260,7 +261,7 @@ class AVLLM(nn.Module):
         enc = EncodedClip(visual, clip.frame_times, audio, clip.duration, clip.facts, timings)
         if self.transcriber is not None and audio is not None:
             start = time.perf_counter()
-            self.set_subtitles(enc, self.transcriber(clip.audio))
+            self.set_subtitles(enc, self.transcriber(clip.audio, None if window is None else window.numpy()))
             timings["transcribe"] = time.perf_counter() - start
         return enc
 

