@@ -8,9 +8,10 @@ generation) and prints each run's timings and the median. Build the caches first
     python bench/latency.py --subtitles   # what transcription adds: 30 s of speech, 30 s without
 
 `--subtitles` runs each clip with and without `--no-subtitles`, alternating, and prints the medians
-and what subtitles add to the first token: the median of the differences within each pair of runs. The speech clip is three real speeches one after the
-other (whisper-jfk.flac, the stereo wav, the skateboarding dog: 30 s), written into a temporary
-folder; the clip without speech is the default clip.
+and what subtitles add to the first token: the median of the differences within each pair of runs.
+The speech clip is three real speeches one after the other (whisper-jfk.flac, the stereo wav, the
+skateboarding dog: 30 s), written into a temporary folder; the clip without speech is the default
+clip.
 """
 
 from __future__ import annotations
