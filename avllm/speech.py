@@ -95,19 +95,20 @@ class Transcriber:
         """Speech segments of 16 kHz mono audio, in time order; none for music, noise or silence.
 
         `window` is Whisper's encoder output [1500, dim] for the audio's first 30 s, which the audio
-        tower has computed already: when voice activity says all the speech is in it, it is decoded
-        from there rather than encoded again."""
+        tower has computed already. When voice activity puts all the speech in it, it is decoded from
+        there rather than encoded again; faster-whisper's own loop (which cuts the voice out first)
+        takes over where that keeps no segment."""
         from faster_whisper.vad import VadOptions, get_speech_timestamps
 
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         if window is None:
             return self._transcribe(audio)
-        voice = [v["end"] / SAMPLE_RATE for v in get_speech_timestamps(audio, VadOptions())]
+        voice = [(v["start"] / SAMPLE_RATE, v["end"] / SAMPLE_RATE) for v in get_speech_timestamps(audio, VadOptions())]
         if not voice:
             return []
-        if voice[-1] > WINDOW_SECONDS:
+        if voice[-1][1] > WINDOW_SECONDS:
             return self._transcribe(audio)
-        return self._decode_window(window, voice[-1])
+        return self._decode_window(window, voice) or self._transcribe(audio)
 
     def _transcribe(self, audio: np.ndarray) -> list[Segment]:
         """faster-whisper's own loop over the voice in `audio`."""
@@ -124,10 +125,12 @@ class Transcriber:
         )
         return _keep(segments)
 
-    def _decode_window(self, window: np.ndarray, voice_end: float) -> list[Segment]:
+    def _decode_window(self, window: np.ndarray, voice: list[tuple[float, float]]) -> list[Segment]:
         """The first window decoded as faster-whisper decodes a window (greedy, with timestamps). Where
         Whisper leaves the last segment open, faster-whisper would encode a new window from there; here
-        the whole audio is in this window already, so the decoder goes on in it from that timestamp."""
+        the whole audio is in this window already, so the decoder goes on in it from that timestamp.
+        Whisper's times in a window that starts before the voice are coarse: each segment is trimmed to
+        the voice it overlaps, and one outside the voice is dropped."""
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
 
@@ -140,9 +143,15 @@ class Transcriber:
         while True:
             segments, open_at = self._decode_pass(features, tokenizer, resume)
             kept += _keep(segments, previous=kept[-1].text if kept else "")
-            if open_at is None or open_at >= voice_end or open_at == resume:
-                return kept
+            if open_at is None or open_at >= voice[-1][1] or open_at == resume:
+                break
             resume = open_at
+        trimmed = []
+        for segment in kept:
+            heard = [(a, b) for a, b in voice if a < segment.end and b > segment.start]
+            if heard:
+                trimmed.append(Segment(max(segment.start, heard[0][0]), min(segment.end, heard[-1][1]), segment.text))
+        return trimmed
 
     def _decode_pass(self, features: Any, tokenizer: Any, resume: float | None) -> tuple[list[Any], float | None]:
         """One greedy pass over the window, from the timestamp `resume` (None: from the start): its closed
@@ -152,11 +161,12 @@ class Transcriber:
 
         whisper, begin = self.model, tokenizer.timestamp_begin
         prefix = [] if resume is None else [begin + round(resume / whisper.time_precision)]
+        prompt = whisper.get_prompt(tokenizer, []) + prefix
         result = whisper.model.generate(
             features,
-            [whisper.get_prompt(tokenizer, []) + prefix],
+            [prompt],
             beam_size=1,
-            max_length=whisper.max_length,
+            max_length=len(prompt) + 224,  # openai-whisper's sample_len: a loop stops there
             return_scores=True,
             return_no_speech_prob=True,
             suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),

@@ -210,6 +210,20 @@ def test_jfk_subtitles_match_the_speech(hear, shared_clips):
 
 
 @pytest.mark.slow
+def test_a_sentence_after_silence_is_timed_where_it_is_spoken(hear, tmp_path):
+    """Whisper's first timestamp in a window is coarse (often 0.0 s); the segment starts with the voice."""
+    from avllm.media import load_clip
+
+    subprocess.run(["espeak-ng", "-w", str(tmp_path / "s.wav"), "the captain visits the lighthouse"], check=True)
+    speech = load_clip(tmp_path / "s.wav", MediaConfig()).audio
+    audio = np.concatenate([np.zeros(3 * 16000, np.float32), speech, np.zeros(2 * 16000, np.float32)])
+    segments = hear(audio)
+    onset = 3 + np.flatnonzero(np.abs(speech) > 0.1 * np.abs(speech).max())[0] / 16000
+    assert "lighthouse" in " ".join(s.text.lower() for s in segments)
+    assert abs(segments[0].start - onset) <= 0.5
+
+
+@pytest.mark.slow
 def test_the_tower_window_is_decoded_to_the_end_without_encoding_again(transcriber, tower, shared_clips, monkeypatch):
     """Three speeches joined: Whisper leaves the last one open at 22 s in its first pass; it is decoded on
     from there in the same window, as faster-whisper's loop hears it, and Whisper's encoder never runs."""
