@@ -73,11 +73,12 @@ class Transcriber:
         from faster_whisper import WhisperModel
 
         self.source = source
+        self.on_cpu = not device.startswith("cuda")
         try:
             self.model = WhisperModel(
                 source,
-                device="cuda" if device.startswith("cuda") else "cpu",
-                compute_type="float16" if device.startswith("cuda") else "int8",
+                device="cpu" if self.on_cpu else "cuda",
+                compute_type="int8" if self.on_cpu else "float16",
                 cpu_threads=threads,
             )
         except Exception as exc:  # a missing download, a corrupt folder: one message either way
@@ -95,13 +96,14 @@ class Transcriber:
         """Speech segments of 16 kHz mono audio, in time order; none for music, noise or silence.
 
         `window` is Whisper's encoder output [1500, dim] for the audio's first 30 s, which the audio
-        tower has computed already. When voice activity puts all the speech in it, it is decoded from
-        there rather than encoded again; faster-whisper's own loop (which cuts the voice out first)
-        takes over where that keeps no segment."""
+        tower has computed already. On the CPU, when voice activity puts all the speech in it, it is
+        decoded from there rather than encoded again (on a GPU that pass costs milliseconds);
+        faster-whisper's own loop (which cuts the voice out first) takes over where that keeps no
+        segment."""
         from faster_whisper.vad import VadOptions, get_speech_timestamps
 
         audio = np.ascontiguousarray(audio, dtype=np.float32)
-        if window is None:
+        if window is None or not self.on_cpu:
             return self._transcribe(audio)
         voice = [(v["start"] / SAMPLE_RATE, v["end"] / SAMPLE_RATE) for v in get_speech_timestamps(audio, VadOptions())]
         if not voice:
