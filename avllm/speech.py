@@ -188,14 +188,16 @@ class Transcriber:
                 spans.append((start, time, words))
                 words = []
             start = time
-        if words and not spans:  # words without a closing timestamp: Whisper's one segment to the window's end
+        if words and not spans:  # no closing timestamp at all: Whisper's one segment to the window's end
             spans.append((start, WINDOW_SECONDS, words))
-        closed = not spans or (len(tokens) >= 2 and tokens[-2] < begin <= tokens[-1])
+            open_at = None
+        else:  # words left after the last closed segment, or a timestamp opening one: it is open there
+            open_at = None if not spans or (len(tokens) >= 2 and tokens[-2] < begin <= tokens[-1]) else start
         segments = [
             Decoded(i, 0, a, b, tokenizer.decode(w), w, avg_logprob, ratio, result.no_speech_prob, None, 0.0)
             for i, (a, b, w) in enumerate(spans)
         ]
-        return segments, None if closed else start
+        return segments, open_at
 
 
 def _keep(segments: Iterable[Any], previous: str = "") -> list[Segment]:

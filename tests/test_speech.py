@@ -179,6 +179,66 @@ SILENT = [
 ]
 
 
+def fake_decoder(transcriber, monkeypatch, passes: dict[float | None, str]):
+    """Replace the CTranslate2 decoder with one that answers each pass (keyed by the timestamp it resumes
+    from) with the given text, timestamps written as <7.4>; returns the prompts it was given."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    tokenizer = transcriber.model.hf_tokenizer
+    begin = Tokenizer(tokenizer, False).timestamp_begin
+    prompts = []
+
+    def tokens(text: str) -> list[int]:
+        out = []
+        for piece in re.split(r"(<[\d.]+>)", text):
+            if piece.startswith("<"):
+                out.append(begin + round(float(piece[1:-1]) / 0.02))
+            elif piece:
+                out += tokenizer.encode(piece, add_special_tokens=False).ids
+        return out
+
+    def generate(features, prompt, **kwargs):
+        prompts.append(prompt[0])
+        resume = (prompt[0][-1] - begin) * 0.02 if prompt[0][-1] >= begin else None
+        seq = tokens(passes[None if resume is None else round(resume, 2)])
+        return [SimpleNamespace(sequences_ids=[seq], scores=[-0.2], no_speech_prob=0.1)]
+
+    monkeypatch.setattr(transcriber.model, "model", SimpleNamespace(generate=generate, is_multilingual=False))
+    return prompts
+
+
+@pytest.mark.parametrize(
+    "passes, voice, heard",
+    [
+        (  # Whisper stops at 7.4 s with a segment open: the decoder goes on from there in the same window
+            {None: "<0.00> Ask not what your country can do for you<7.40><7.40>", 7.4: "<7.40> ask what you can<9.00>"},
+            [(0.3, 9.4)],
+            [(0.3, 7.4, "Ask not what your country can do for you"), (7.4, 9.0, "ask what you can")],
+        ),
+        (  # words left without a closing timestamp: open where they start
+            {None: "<0.00> One.<2.00><2.00> Two", 2.0: "<2.00> Two.<3.00>"},
+            [(0.0, 3.2)],
+            [(0.0, 2.0, "One."), (2.0, 3.0, "Two.")],
+        ),
+        (  # no timestamps around the words: one segment, as far as the voice goes
+            {None: " Hello there."},
+            [(1.0, 2.5)],
+            [(1.0, 2.5, "Hello there.")],
+        ),
+        (  # a segment where voice activity heard nothing is dropped
+            {None: "<0.00> Thank you.<1.00><1.00> Ask not.<3.00>"},
+            [(1.5, 3.2)],
+            [(1.5, 3.0, "Ask not.")],
+        ),
+    ],
+)
+def test_one_window_is_decoded_to_the_end_of_the_voice(transcriber, monkeypatch, passes, voice, heard):
+    prompts = fake_decoder(transcriber, monkeypatch, passes)
+    segments = transcriber._decode_window(np.zeros((1500, 384), np.float32), voice)
+    assert [(round(s.start, 2), round(s.end, 2), s.text) for s in segments] == heard
+    assert len(prompts) == len(passes)  # one pass per open segment, and none after the voice ends
+
+
 @pytest.mark.slow
 def test_speech_gets_subtitles_and_music_noise_and_silence_get_none(hear, shared_clips):
     assert {name: bool(heard(hear, shared_clips / name)) for name in SPEECH + SILENT} == {
