@@ -4,11 +4,11 @@ Writes its own clips with PyAV (kept in --workdir, so a second run skips this): 
 (h264, a keyframe every 10 s) whose colour changes every 30 s under a moving bar, and a 16 kHz
 soundtrack (aac) with an espeak-ng sentence every 20 s and a tone between sentences. Then, per
 clip, in a fresh process (so that its peak memory is its own), loads the model, answers one
-question and prints: frames, prompt tokens, decode, encode (Whisper + CLIP), prefill (one forward
-pass over the prompt, timed on its own), first token (from the start of decoding), total, and
-resident memory (GiB) after loading, at its peak while answering, and at the process's peak
-(loading's own included); s/min is the first token's seconds per minute of video. Threads:
-OMP_NUM_THREADS (2 when unset).
+question and prints: frames, prompt tokens, decode, encode (Whisper + CLIP), transcribe (the
+subtitles), prefill (one forward pass over the prompt, timed on its own), first token (from the
+start of decoding), total, and resident memory (GiB) after loading, at its peak while answering,
+and at the process's peak (loading's own included); s/min is the first token's seconds per minute
+of video. Threads: OMP_NUM_THREADS (2 when unset).
 
     OMP_NUM_THREADS=2 python bench/scaling.py [--minutes 0.5 2 10 60] [--model starter]
 """
@@ -115,7 +115,8 @@ def measure(path: str, model_spec: str, max_new_tokens: int) -> dict:
         "encode_audio": t["encode_audio"],
         "prefill": prefill,
         "first_token": t["first_token"],
-        "total": t["decode"] + t["encode_audio"] + t["encode_visual"] + t["generate"],
+        "transcribe": t.get("transcribe", 0.0),
+        "total": t["decode"] + t["encode_audio"] + t["encode_visual"] + t.get("transcribe", 0.0) + t["generate"],
         "generated": report.tokens.get("generated", 0),
         "rss_after_load_mb": loaded_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # loading included
@@ -152,12 +153,16 @@ def main() -> None:
         print(f"{minutes:g} min: {rows[-1]['answer']!r} {rows[-1]['truncated']}", file=sys.stderr)
     threads = os.environ.get("OMP_NUM_THREADS", "2")
     print(f"model {args.model}; {threads} threads; {args.max_new_tokens} new tokens at most; seconds, GiB")
-    cols = "minutes frames tokens decode encode (audio) prefill first_token total RSS_loaded answer_peak peak s/min"
+    cols = (
+        "minutes frames tokens decode encode (audio) transcribe prefill first_token total "
+        "RSS_loaded answer_peak peak s/min"
+    )
     print(" | ".join(cols.split()))
     for r in rows:
         print(
             f"{r['minutes']:.1f} | {r['frames']} | {r['prompt_tokens']} | {r['decode']:.1f} | {r['encode']:.1f} | "
-            f"({r['encode_audio']:.1f}) | {r['prefill']:.2f} | {r['first_token']:.1f} | {r['total']:.1f} | "
+            f"({r['encode_audio']:.1f}) | {r['transcribe']:.1f} | {r['prefill']:.2f} | {r['first_token']:.1f} | "
+            f"{r['total']:.1f} | "
             f"{r['rss_after_load_mb'] / 1024:.2f} | {r['answer_peak_rss_mb'] / 1024:.2f} | "
             f"{r['peak_rss_mb'] / 1024:.2f} | {r['first_token'] / r['minutes']:.2f}"
         )
