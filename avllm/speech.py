@@ -194,7 +194,19 @@ class Transcriber:
         else:  # words left after the last closed segment, or a timestamp opening one: it is open there
             open_at = None if not spans or (len(tokens) >= 2 and tokens[-2] < begin <= tokens[-1]) else start
         segments = [
-            Decoded(i, 0, a, b, tokenizer.decode(w), w, avg_logprob, ratio, result.no_speech_prob, None, 0.0)
+            Decoded(
+                id=i,
+                seek=0,
+                start=a,
+                end=b,
+                text=tokenizer.decode(w),
+                tokens=w,
+                avg_logprob=avg_logprob,
+                compression_ratio=ratio,
+                no_speech_prob=result.no_speech_prob,
+                words=None,
+                temperature=0.0,
+            )
             for i, (a, b, w) in enumerate(spans)
         ]
         return segments, open_at

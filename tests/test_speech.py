@@ -289,8 +289,7 @@ def test_the_tower_window_is_decoded_to_the_end_without_encoding_again(transcrib
     from there in the same window, as faster-whisper's loop hears it, and Whisper's encoder never runs."""
     from avllm.media import load_clip
 
-    names = ["whisper-jfk.flac", "fasterwhisper-stereo_diarization.wav", "videollama-skateboarding_dog.mp4"]
-    audio = np.concatenate([load_clip(shared_clips / name, MediaConfig()).audio for name in names])[:480_000]
+    audio = np.concatenate([load_clip(shared_clips / name, MediaConfig()).audio for name in SPEECH])[:480_000]
     own_loop = " ".join(s.text for s in transcriber(audio))
     window = next(tower.windows([audio], whole=True))[1].numpy()
     monkeypatch.setattr(transcriber.model, "encode", None)  # faster-whisper's encoder pass would fail

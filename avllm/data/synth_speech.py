@@ -188,8 +188,11 @@ def synthesize_speech(
     instructions, qa = [], []
     for f in tqdm(facts, desc="subtitles", unit="clip", disable=not progress):
         audio = load_clip(out / f["media"], media).audio  # what the model decodes, not what was written
-        window = None if audio is None else next(tower.windows([audio], whole=True))[1].numpy()  # as AVLLM.encode
-        f["subtitles"] = [s.to_dict() for s in transcribe(audio, window)] if audio is not None else []
+        if audio is None:
+            f["subtitles"] = []
+        else:  # from the tower's first window, as AVLLM.encode transcribes
+            window = next(tower.windows([audio], whole=True))[1].numpy()
+            f["subtitles"] = [s.to_dict() for s in transcribe(audio, window)]
         ins, q = speech_records(f, np.random.default_rng([seed, f["index"], VERSION, 3]))
         instructions += ins
         qa += q
