@@ -410,9 +410,6 @@ class TrainConfig(Settings):
     dataloader_workers: int = 0
     beta: float = 0.1  # DPO: strength of the pull towards the reference policy
     dpo_loss: Literal["sigmoid", "ipo"] = "sigmoid"  # DPO: sigmoid (the paper's) or ipo
-    # DPO: weight of the chosen answers' own loss (mean negative log-likelihood per token) added to the
-    # preference loss, so the policy also learns to write them where their wording is new to it (RPO)
-    sft_weight: float = 0.0
     # DPO: held-out preference JSONL, scored before the first step and every eval_steps (TensorBoard: eval/*)
     eval_data: str | None = None
     eval_steps: int = 20
@@ -433,7 +430,6 @@ class TrainConfig(Settings):
             ("save_total_limit", self.save_total_limit >= 1, "at least 1"),
             ("dataloader_workers", self.dataloader_workers >= 0, "0 (the main process) or more"),
             ("beta", self.beta > 0, "above 0"),
-            ("sft_weight", self.sft_weight >= 0, "0 or more"),
             ("eval_steps", self.eval_steps >= 1, "at least 1"),
             ("eval_data", self.eval_data is None or self.stage == "dpo", "null outside a dpo stage"),
         ]

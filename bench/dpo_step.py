@@ -59,7 +59,7 @@ def main() -> None:
             ref_wall, ref_cpu = time.perf_counter() - wall, time.process_time() - cpu
             wall, cpu = time.perf_counter(), time.process_time()
             for batch in batches:
-                logps, _ = pair_logps(policy, batch, cfg.dpo_loss)
+                logps = pair_logps(policy, batch, cfg.dpo_loss)
                 loss, _ = dpo_loss(logps, logps.detach(), cfg.beta, cfg.dpo_loss)
                 loss.backward()
                 optimizer.step()

@@ -112,7 +112,7 @@ def test_step_zero_loss_is_ln2_with_zero_rewards(sft_checkpoint, tmp_path):
     collator = PairCollator(model.tokenizer.pad_token_id)
     data.reference = reference_logps(model, data, collator, batch_size=3, kind="sigmoid")  # other batching
     batch = collator([data[i] for i in range(4)])
-    policy, _ = pair_logps(TrainableAVLLM(model).train(), batch, "sigmoid")  # train mode: dropout is off
+    policy = pair_logps(TrainableAVLLM(model).train(), batch, "sigmoid")  # train mode: dropout is off
     loss, stats = dpo_loss(policy, batch["reference"], beta=0.5)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-4)
     assert abs(stats["rewards/chosen"].item()) < 1e-4 and abs(stats["rewards/rejected"].item()) < 1e-4

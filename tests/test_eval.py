@@ -31,15 +31,13 @@ class FakeModel:
     def choice_scores(self, enc, requests):
         self.requests.append(len(requests))
         out = []
-        for messages, options in requests:
+        for messages, options, first_word in requests:
             pick = self.rule(messages[-1]["content"], options)
             out.append([0.0 if o == pick else -1.0 for o in options])
         return out
 
-    def generate(self, enc, messages, max_new_tokens, until=None):
-        """Yes/no questions come here (with `until`, which stops at the decision): the rule picks
-        between "Yes" and "No"."""
-        return self.rule(messages[-1]["content"], ["Yes", "No"] if until else None)
+    def generate(self, enc, messages, max_new_tokens):
+        return self.rule(messages[-1]["content"], None)
 
 
 def items(media: Path) -> list[EvalItem]:
@@ -84,7 +82,7 @@ def test_known_answers_give_known_scores_and_hallucination_rate(tmp_path):
     model = FakeModel(first_option)  # always the first option: "Yes" on every probe
     result = evaluate(task, model, progress=False)
     assert model.encoded == ["a.mp4", "b.mp4"]  # each clip encoded once
-    assert model.requests == [3, 2]  # all multiple-choice questions of a clip scored in one call
+    assert model.requests == [6, 2]  # all questions of a clip scored in one call
     s = build_report([result], model.name, 1.0)["tasks"]["fake-task"]
     # scored main items: v1 x, v2 ok, a1 x, a2 x, p1 x (yes), p2 ok (yes), p3 x (yes)
     assert s["n"] == 7 and s["accuracy"] == pytest.approx(2 / 7, abs=1e-4)

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from avllm.cli import main
-from avllm.data.formats import decision, load
+from avllm.data.formats import load
 from avllm.data.onpolicy import PICTURE_TERMS, SOUND_TERMS, is_wrong, onpolicy_pairs, terms
 from avllm.data.prefs import KINDS, NO_PICTURE, build_pairs
 from avllm.data.synth import synthesize
@@ -75,12 +75,9 @@ def test_open_pairs_add_one_absent_thing_to_the_description(pairs):
         assert is_wrong(r["rejected"], r["chosen"])
 
 
-def test_is_wrong_reads_yes_no_by_the_decision_and_open_answers_by_what_they_name():
-    chosen = "I see a red cross. No, there is no green square."
-    assert is_wrong("Yes, there is a green square.", chosen)
-    assert is_wrong("I see a red cross and a green square. Yes, there is a green square.", chosen)
-    assert is_wrong("I see a red cross.", chosen)  # no decision at all
-    assert not is_wrong("No.", chosen) and not is_wrong("There is no green square. No.", chosen)
+def test_is_wrong_reads_yes_no_by_the_first_word_and_open_answers_by_what_they_name():
+    assert is_wrong("Yes, there is a green square.", "No, there is no green square; I see a red cross.")
+    assert not is_wrong("No.", "No, there is no green square; I see a red cross.")
     assert is_wrong("They are blue.", "They are red.") and not is_wrong("Red.", "They are red.")
     assert is_wrong("A blue circle is shown.", f'{NO_PICTURE} Someone says the word "apple" at about 1.5 s.')
     assert not is_wrong("Someone says apple.", f'{NO_PICTURE} Someone says the word "apple" at about 1.5 s.')
@@ -105,7 +102,7 @@ class NoCache:
 
 def test_onpolicy_keeps_the_models_wrong_answers_as_rejected(synth_set, pairs, capsys):
     _, rows, _ = pairs
-    model = ScriptedModel(lambda q: "Yes, there is one." if q.startswith(("Is ", "Do ")) else "A green cross moves up.")
+    model = ScriptedModel(lambda q: "Yes, there is one." if q.startswith("Is ") else "A green cross moves up.")
     out = synth_set / "onpolicy.jsonl"
     summary = onpolicy_pairs(model, synth_set / "pairs.jsonl", out, NoCache(), limit=20, progress=False)
     written = [json.loads(line) for line in out.read_text().splitlines()]
@@ -115,7 +112,7 @@ def test_onpolicy_keeps_the_models_wrong_answers_as_rejected(synth_set, pairs, c
     assert {w["id"] for w in written} == {f"{r['id']}-onpolicy" for r in expected}
     for w in written:
         assert w["target"] == "on-policy" and w["rejected"] in ("Yes, there is one.", "A green cross moves up.")
-    assert any(decision(r["chosen"]) == "yes" for r in asked if r not in expected)  # a right "yes" is left out
+    assert any(r["chosen"].startswith("Yes,") for r in asked if r not in expected)  # a right "yes" is left out
     assert len(load(out, "preference")) == len(written)
     with pytest.raises(DataError, match="folder of"):
         onpolicy_pairs(model, synth_set / "pairs.jsonl", synth_set.parent / "elsewhere.jsonl", NoCache())

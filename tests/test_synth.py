@@ -198,11 +198,10 @@ def test_probes_are_balanced_and_preferences_target_hallucinations(many):
     prefs = [r for rec in records for r in rec["preferences"]]
     hallucination = [r for r in prefs if r["target"] == "hallucination"]
     assert len(hallucination) == sum(not f["heldout"] for f in facts)  # one per training clip
-    assert all(formats.decision(r["chosen"]) == "no" and formats.decision(r["rejected"]) == "yes" for r in hallucination)
-    assert all(not r["chosen"].startswith("No") for r in hallucination)  # it says what is there first
+    assert all(r["chosen"].startswith("No, ") and r["rejected"].startswith("Yes, ") for r in hallucination)
     omission = [r for r in prefs if r["target"] == "omission"]  # as many pairs whose grounded answer is yes
     assert len(omission) == len(hallucination)
-    assert all(formats.decision(r["chosen"]) == "yes" and formats.decision(r["rejected"]) == "no" for r in omission)
+    assert all(r["chosen"].startswith("Yes, ") and r["rejected"].startswith("No, ") for r in omission)
     assert {"sound", "picture"} <= {r["target"] for r in prefs}
 
 

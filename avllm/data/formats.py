@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -89,26 +88,6 @@ class Problem:
 
 def is_yes_no(choices: list[str] | None) -> bool:
     return bool(choices) and sorted(c.strip().lower() for c in choices) == [NO, YES]
-
-
-DECISION = re.compile(r"(?:^|[.!?:;]\s+)(yes|no)\b", re.IGNORECASE)
-
-
-def decision(answer: str) -> str | None:
-    """The yes or no an answer decides: its first sentence that starts with either word.
-
-    A grounded answer says what it sees or hears first and decides after ("I see a red cross.
-    No, there is no green square."); words inside a sentence ("there is no sound") decide nothing.
-    """
-    found = DECISION.search(answer.strip())
-    return found.group(1).lower() if found else None
-
-
-def decided(partial: str) -> bool:
-    """Whether an answer being generated has made its decision: the word is out and something
-    follows it (so "No" is not the start of "Nobody")."""
-    found = DECISION.search(partial.lstrip())
-    return found is not None and found.end() < len(partial.lstrip())
 
 
 def qa_prompt(question: str, choices: list[str] | None) -> str:

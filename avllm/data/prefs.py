@@ -8,9 +8,7 @@ is not). Every rejected answer differs from the chosen one in what it says about
 - visual-object, sound, word, sync, count: the probes and questions of `synth_text` about
   objects on the screen, what is heard, the spoken word or tone, how sound and picture line up,
   and how many shapes or beeps; the chosen answer is the grounded sentence, the rejected one its
-  plausible contradiction. A probe's chosen answer says what is seen or heard, then decides; it is
-  paired against the same words with the other decision, and against that decision blurted out
-  first with nothing before it.
+  plausible contradiction.
 - open: an open question ("What happens in this clip, and what can be heard?") answered by the
   clip's description, against the same description with one thing added that is absent (a
   barking dog, a shape of another colour, a word nobody says).
@@ -40,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..prompt import with_video
-from .formats import DECISION, decision, write_jsonl
+from .formats import write_jsonl
 from .synth import VERSION, VOCAB
 from .synth_media import COLOURS, RATE, SHAPES, render_audio, render_frames, write_mp4
 from .synth_text import (
@@ -64,11 +62,7 @@ FAMILIES = {  # the synth_text question families that teach each kind
 }
 OPEN_QUESTION = "What happens in this clip, and what can be heard?"
 NO_PICTURE = "There is no picture: the file holds sound only."
-SOUND_PROBES = {  # question: what a yes claims
-    "Is someone speaking?": "someone is speaking",
-    "Do you hear any beeps?": "I hear beeps",
-    "Is music playing?": "music is playing",
-}
+SOUND_PROBES = ("Is someone speaking?", "Do you hear any beeps?", "Is music playing?")
 
 
 @dataclass
@@ -85,22 +79,16 @@ def _pair(f: dict[str, Any], media: str, kind: str, question: str, chosen: str, 
         "clip": f["id"],
         "kind": kind,
         "target": target,
-        "truth": decision(chosen) or "open",
+        "truth": chosen.split(",")[0].lower() if chosen.startswith(("Yes,", "No,")) else "open",
         "prompt": [{"role": "user", "content": with_video(question)}],
         "chosen": chosen,
         "rejected": rejected,
     }
 
 
-def _from_question(f: dict[str, Any], kind: str, q: Question) -> list[dict]:
-    """The question's grounded answer against its wrong one; for a probe also against the wrong
-    decision blurted out first, with nothing seen or heard before it (the SFT model's habit)."""
+def _from_question(f: dict[str, Any], kind: str, q: Question) -> dict:
     question = "Describe what you see and hear." if q.family == "describe" else q.question
-    pairs = [_pair(f, f["media"], kind, question, q.sentence, q.wrong, q.target or "content")]
-    if q.family.startswith("probe-"):
-        blurted = q.wrong[DECISION.search(q.wrong).start(1) :]
-        pairs.append(_pair(f, f["media"], kind, question, q.sentence, blurted, q.target or "content"))
-    return pairs
+    return _pair(f, f["media"], kind, question, q.sentence, q.wrong, q.target or "content")
 
 
 def _invented(f: dict[str, Any], rng: np.random.Generator) -> str:
@@ -144,8 +132,8 @@ def no_picture_pairs(f: dict[str, Any], media: str, rng: np.random.Generator) ->
             media,
             "no-picture",
             f"Is there {article(name)} on the screen?",
-            f"{NO_PICTURE} {heard} No, there is nothing to see.",
-            f"I see {article(name)}. Yes, there is {article(name)}.",
+            f"No, there is no picture at all: the file holds sound only. {heard}",
+            f"Yes, there is {article(name)}.",
             "absence",
         ),
     ]
@@ -156,7 +144,12 @@ def no_sound_pairs(f: dict[str, Any], media: str, rng: np.random.Generator) -> l
     mute = {**f, "sound": "none"}  # described as a clip without an audio track
     none = sound_sentence(mute)
     invented = f if f["sound"] not in ("silence", "none") else {**f, "sound": "beeps", "beep_slots": [1, 5]}
-    question = list(SOUND_PROBES)[int(rng.integers(len(SOUND_PROBES)))]
+    question = SOUND_PROBES[int(rng.integers(len(SOUND_PROBES)))]
+    claim = {
+        SOUND_PROBES[0]: "someone is speaking.",
+        SOUND_PROBES[1]: "I hear beeps.",
+        SOUND_PROBES[2]: "music is playing.",
+    }
     return [
         _pair(
             f,
@@ -167,15 +160,7 @@ def no_sound_pairs(f: dict[str, Any], media: str, rng: np.random.Generator) -> l
             f"{picture_sentences(f)} {sound_sentence(invented)}",
             "absence",
         ),
-        _pair(
-            f,
-            media,
-            "no-sound",
-            question,
-            f"{none} No, there is nothing to hear.",
-            f"{sound_sentence(invented)} Yes, {SOUND_PROBES[question]}.",
-            "absence",
-        ),
+        _pair(f, media, "no-sound", question, f"No, {none[0].lower()}{none[1:]}", f"Yes, {claim[question]}", "absence"),
     ]
 
 
@@ -187,7 +172,7 @@ def clip_pairs(f: dict[str, Any], root: Path, write_variants: bool) -> dict[str,
     questions = mc_questions(f, rng, list(VOCAB)) + probes
     out: dict[str, list[dict]] = {kind: [] for kind in KINDS}
     for kind, families in FAMILIES.items():
-        out[kind] += [pair for q in questions if q.family in families for pair in _from_question(f, kind, q)]
+        out[kind] += [_from_question(f, kind, q) for q in questions if q.family in families]
     out["open"].append(open_pair(f, rng))
     if f["sound"] == "none":
         out["no-sound"] += no_sound_pairs(f, f["media"], rng) + still_there(f, f["media"], "no-sound", probes, "visual")

@@ -439,49 +439,75 @@ def mc_questions(f: dict[str, Any], rng: np.random.Generator, vocab: list[str]) 
 # ----------------------------------------------------------------------------- yes/no probes
 
 
-def _probe(kind: str, question: str, truth: bool, evidence: str, yes: str, no: str) -> Question:
-    """A yes/no probe answered as a grounded assistant should: first what is seen or heard
-    (`evidence`), then the decision ("Yes, {yes}." or "No, {no}."), so the decision is read off
-    words the answer has already said about the clip. The wrong answer says the same but decides
-    the other way: for a probe whose true answer is no, a hallucination; for yes, an omission.
+def _probe(kind: str, question: str, truth: bool, true_text: str, false_text: str) -> Question:
+    """A yes/no probe: the grounded answer explains itself; the wrong one is the bare opposite claim.
+
+    For a probe whose true answer is no, the wrong answer is a hallucination ("Yes, a dog is barking");
+    for one whose answer is yes, an omission ("No, nobody is speaking" while someone speaks).
     """
-    right, wrong = (f"Yes, {yes}.", f"No, {no}.") if truth else (f"No, {no}.", f"Yes, {yes}.")
+    sentence = ("Yes, " if truth else "No, ") + true_text
+    wrong = ("No, " if truth else "Yes, ") + false_text
     target = "omission" if truth else "hallucination"
     return Question(
-        f"probe-{kind.split('/')[1]}",
-        kind,
-        question,
-        ["yes", "no"],
-        "yes" if truth else "no",
-        f"{evidence} {right}",
-        f"{evidence} {wrong}",
-        target,
+        f"probe-{kind.split('/')[1]}", kind, question, ["yes", "no"], "yes" if truth else "no", sentence, wrong, target
     )
 
 
 def probe_candidates(f: dict[str, Any], rng: np.random.Generator) -> list[Question]:
     """Every yes/no probe that fits the clip, with true answers yes and no."""
     heard = sound_sentence(f)
+    heard_lc = heard[0].lower() + heard[1:]
     sound, flash = f["sound"], f["flash_slot"]
     speech, beeps, silent = sound == "speech", sound == "beeps", sound in ("silence", "none")
     out = [
-        _probe("audio/speech", "Is someone speaking?", speech, heard, "someone is speaking", "nobody is speaking"),
-        _probe("audio/beeps", "Do you hear any beeps?", beeps, heard, "I hear beeps", "there are no beeps"),
-        _probe("audio/silence", "Is the clip silent?", silent, heard, "the clip is silent", "there is sound"),
+        _probe(
+            "audio/speech",
+            "Is someone speaking?",
+            speech,
+            f'someone says the word "{f.get("word")}".' if speech else f"nobody speaks; {heard_lc}",
+            "nobody is speaking." if speech else "someone is speaking.",
+        ),
+        _probe(
+            "audio/beeps",
+            "Do you hear any beeps?",
+            beeps,
+            heard_lc if beeps else f"there are no beeps; {heard_lc}",
+            "there are no beeps." if beeps else "I hear beeps.",
+        ),
+        _probe(
+            "audio/silence",
+            "Is the clip silent?",
+            silent,
+            heard_lc if silent else f"there is sound: {heard_lc}",
+            "there is sound." if silent else "the clip is silent.",
+        ),
     ]
     question, present, absent = ABSENT_SOUNDS[int(rng.integers(len(ABSENT_SOUNDS)))]
-    out.append(_probe("audio/absent", question, False, heard, present, absent))
-    seen = (
-        f"The screen flashes white once, {at_time(flash)}."
-        if flash is not None
-        else "The background stays black throughout."
-    )
+    out.append(_probe("audio/absent", question, False, f"{absent}; {heard_lc}", f"{present}."))
     out.append(
-        _probe("visual/flash", "Does the screen flash?", flash is not None, seen, "the screen flashes", "it never flashes")
+        _probe(
+            "visual/flash",
+            "Does the screen flash?",
+            flash is not None,
+            f"the screen flashes white {at_time(flash)}."
+            if flash is not None
+            else "the screen never flashes; the background stays black.",
+            "the screen never flashes." if flash is not None else "the screen flashes.",
+        )
     )
     objs = [{"shape": f["shape"], "colour": f["colour"]}] if f["scene"] == "one" else f["objects"]
-    shown = f"I see {picture_phrase(f)}."
+    shown = " and ".join(article(f"{o['colour']} {o['shape']}") for o in objs)
     real = objs[int(rng.integers(len(objs)))]
+    name = f"{real['colour']} {real['shape']}"
+    out.append(
+        _probe(
+            "visual/object",
+            f"Is there {article(name)} on the screen?",
+            True,
+            f"there is {article(name)}.",
+            f"there is no {name}.",
+        )
+    )
     fake = dict(real)
     if rng.random() < 0.5:
         fake["colour"] = _other(
@@ -491,40 +517,43 @@ def probe_candidates(f: dict[str, Any], rng: np.random.Generator) -> list[Questi
         fake["shape"] = _other(
             rng, [s for s in SHAPES if all(s != o["shape"] for o in objs)] + [real["shape"]], real["shape"]
         )
-    for obj, there in ((real, True), (fake, False)):
-        name = f"{obj['colour']} {obj['shape']}"
-        out.append(
-            _probe(
-                "visual/object",
-                f"Is there {article(name)} on the screen?",
-                there,
-                shown,
-                f"there is {article(name)}",
-                f"there is no {name}",
-            )
+    fake_name = f"{fake['colour']} {fake['shape']}"
+    out.append(
+        _probe(
+            "visual/object",
+            f"Is there {article(fake_name)} on the screen?",
+            False,
+            f"there is no {fake_name}; I see {shown}.",
+            f"there is {article(fake_name)}.",
         )
+    )
     if beeps and flash is not None:
         out.append(
             _probe(
                 "audio-visual/sync",
                 "Is the beep in time with the flash?",
                 f["sync"],
-                f"The screen flashes {at_time(flash)}. {heard}",
-                "a beep sounds exactly when the screen flashes",
-                "the beeps come at other moments",
+                f"a beep sounds exactly when the screen flashes, {at_time(flash)}."
+                if f["sync"]
+                else f"the screen flashes {at_time(flash)}, but the beeps come at other moments.",
+                "the beeps and the flash do not line up." if f["sync"] else "a beep sounds exactly with the flash.",
             )
         )
     if f["scene"] == "two" and speech:
         shapes = [o["shape"] for o in f["objects"]]
         asked = int(rng.integers(2))
+        truth = asked == f["sound_half"]
         out.append(
             _probe(
                 "audio-visual/speech-shape",
                 f"Is the word spoken while the {shapes[asked]} is on the screen?",
-                asked == f["sound_half"],
-                f"The word is spoken while the {shapes[f['sound_half']]} is shown.",
-                f"it is spoken while the {shapes[asked]} is on the screen",
-                f"it is not spoken while the {shapes[asked]} is on the screen",
+                truth,
+                f"the word is spoken while the {shapes[asked]} is shown."
+                if truth
+                else f"the word is spoken while the {shapes[f['sound_half']]} is shown, not the {shapes[asked]}.",
+                f"the word is spoken while the {shapes[1 - asked]} is shown."
+                if truth
+                else f"the word is spoken while the {shapes[asked]} is shown.",
             )
         )
     return out

@@ -105,8 +105,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     yes_no = [
         "",
-        "Yes/no questions, answered by generation and decided by the first sentence that starts with yes or no",
-        '(AVHBench\'s figures: precision, recall and F1 of "yes"):',
+        'Yes/no questions (AVHBench\'s figures: precision, recall and F1 of "yes"):',
         "",
         "| task | group | n | accuracy | precision | recall | F1 | yes rate | hallucination rate |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -76,12 +76,10 @@ def pair_sums(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, to
     return sums.view(2, -1).T, counts.view(2, -1).T
 
 
-def pair_logps(model: nn.Module, batch: dict[str, Any], kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, 2] (chosen, rejected) log-probabilities, summed for sigmoid DPO and per token for IPO;
-    and [B, 2] per token (what the chosen answers' own loss reads)."""
+def pair_logps(model: nn.Module, batch: dict[str, Any], kind: str) -> torch.Tensor:
+    """[B, 2] (chosen, rejected) log-probabilities: summed for sigmoid DPO, per token for IPO."""
     sums, counts = pair_sums(model, batch)
-    per_token = sums / counts.clamp(min=1)
-    return (per_token if kind == "ipo" else sums), per_token
+    return sums / counts.clamp(min=1) if kind == "ipo" else sums
 
 
 @torch.no_grad()
@@ -92,7 +90,7 @@ def reference_logps(
     wrapper = TrainableAVLLM(model).eval()
     out = []
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collator), desc="reference log-probs"):
-        out.append(pair_logps(wrapper, batch, kind)[0].float().cpu())
+        out.append(pair_logps(wrapper, batch, kind).float().cpu())
     wrapper.train()
     return torch.cat(out)
 
@@ -133,19 +131,16 @@ class EvaluateAtEnd(TrainerCallback):
 
 
 class DPOTrainer(AVTrainer):
-    def __init__(self, *args: Any, beta: float, loss_kind: str, sft_weight: float, **kwargs: Any):
+    def __init__(self, *args: Any, beta: float, loss_kind: str, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.beta, self.loss_kind, self.sft_weight = beta, loss_kind, sft_weight
+        self.beta, self.loss_kind = beta, loss_kind
         self.stats: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        policy, per_token = pair_logps(model, inputs, self.loss_kind)
+        policy = pair_logps(model, inputs, self.loss_kind)
         loss, stats = dpo_loss(policy, inputs["reference"].to(policy.device), self.beta, self.loss_kind)
-        stats["nll/chosen"] = -per_token[:, 0].mean()
-        if self.sft_weight:
-            loss = loss + self.sft_weight * stats["nll/chosen"]
         for key, value in stats.items():
             self.stats[key].append(float(value.detach()))
         return (loss, {"policy": policy}) if return_outputs else loss
@@ -218,7 +213,6 @@ def run_dpo(cfg: TrainConfig, resume: str | None = "auto") -> Path:
         projector_lr=cfg.projector_lr,
         beta=cfg.beta,
         loss_kind=cfg.dpo_loss,
-        sft_weight=cfg.sft_weight,
         callbacks=[EvaluateAtEnd()] if held_out is not None else None,
     )
     result = trainer.train(resume_from_checkpoint=resume_point(cfg, resume))
