@@ -57,7 +57,7 @@ class EncodedClip:
     facts: MediaFacts | None = None
     timings: dict[str, float] = field(default_factory=dict)
     subtitles: list[Segment] = field(default_factory=list)  # speech heard, in time order (model.subtitles)
-    subtitles_left_out: int = 0  # segments past the model's subtitle_tokens budget
+    subtitles_left_out: int = 0  # segments past the model's subtitle_tokens budget (transcription stops at the first)
 
     @property
     def truncated(self) -> list[str]:
@@ -243,26 +243,34 @@ class AVLLM(nn.Module):
         audio projector's pooling would make of its 50 Hz features: an hour of them is never held."""
         timings = {}
         start = time.perf_counter()
-        audio = window = None  # window: the first 30 s as Whisper's decoder reads them, for the subtitles
-        if clip.audio is not None and len(clip.audio) and self.is_long(clip.duration):
+        audio = None
+        sound = clip.audio is not None and len(clip.audio) > 0
+        heard = None  # the subtitles, decoded from each window of Whisper's output as the tower computes it
+        if sound and self.transcriber is not None:
+            heard = self.transcriber.begin(clip.audio, self.subtitles_full)
+        tap = heard.add if heard is not None else None
+        if sound and self.is_long(clip.duration):
             times = self._slot_times(clip.frame_times, len(clip.frames) > 0, clip.duration)
             frames = self.audio_encoder.num_frames(len(clip.audio))
             spans = audio_spans(slot_edges(times, clip.duration), self.audio_encoder.frame_rate, frames)
             bins = [(lo + a, lo + b) for lo, hi in spans if hi > lo for a, b in self.audio_proj.bins(hi - lo)]
-            pooled = self.audio_encoder.range_means(clip.audio, np.array(bins))
+            pooled = self.audio_encoder.range_means(clip.audio, np.array(bins), tap)
             audio = pooled.reshape(-1, self.audio_proj.tokens, pooled.shape[-1])
-        elif clip.audio is not None and len(clip.audio):
-            windows = [feats for _, feats in self.audio_encoder.windows([clip.audio], whole=True)]
-            audio, window = torch.cat(windows)[: self.audio_encoder.num_frames(len(clip.audio))], windows[0]
-        timings["encode_audio"] = time.perf_counter() - start
+        elif sound:
+            windows = []
+            for _, feats in self.audio_encoder.windows([clip.audio], whole=True):
+                windows.append(feats)
+                if tap is not None:
+                    tap(feats.numpy())
+            audio = torch.cat(windows)[: self.audio_encoder.num_frames(len(clip.audio))]
+        timings["encode_audio"] = time.perf_counter() - start - (heard.seconds if heard else 0.0)
         start = time.perf_counter()
         visual = self.visual_encoder(clip.frames) if len(clip.frames) else None
         timings["encode_visual"] = time.perf_counter() - start
         enc = EncodedClip(visual, clip.frame_times, audio, clip.duration, clip.facts, timings)
-        if self.transcriber is not None and audio is not None:
-            start = time.perf_counter()
-            self.set_subtitles(enc, self.transcriber(clip.audio, None if window is None else window.numpy()))
-            timings["transcribe"] = time.perf_counter() - start
+        if heard is not None:
+            self.set_subtitles(enc, heard.segments())
+            timings["transcribe"] = heard.seconds
         return enc
 
     def set_subtitles(self, enc: EncodedClip, segments: list[Segment]) -> None:
@@ -270,11 +278,19 @@ class AVLLM(nn.Module):
         first ones kept, so the prompt never grows past config.subtitle_tokens for them."""
         used = 0
         for count, segment in enumerate(segments):
-            used += len(self.tokenizer.encode(subtitle_text(segment), add_special_tokens=False))
+            used += self._subtitle_tokens(segment)
             if used > self.config.subtitle_tokens:
                 enc.subtitles, enc.subtitles_left_out = segments[:count], len(segments) - count
                 return
         enc.subtitles, enc.subtitles_left_out = list(segments), 0
+
+    def subtitles_full(self, segments: list[Segment]) -> bool:
+        """Whether `segments` overflow the subtitle budget: transcribing further would add nothing to
+        the prompt (the report still says that subtitles were left out)."""
+        return sum(self._subtitle_tokens(s) for s in segments) > self.config.subtitle_tokens
+
+    def _subtitle_tokens(self, segment: Segment) -> int:
+        return len(self.tokenizer.encode(subtitle_text(segment), add_special_tokens=False))
 
     def is_long(self, duration: float) -> bool:
         return duration > self.config.media.long_clip

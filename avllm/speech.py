@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -92,28 +93,29 @@ class Transcriber:
     def description(self) -> str:
         return f"faster-whisper {self.source}, VAD, greedy"
 
-    def __call__(self, audio: np.ndarray, window: np.ndarray | None = None) -> list[Segment]:
+    def __call__(
+        self,
+        audio: np.ndarray,
+        windows: Iterable[np.ndarray] = (),
+        enough: Callable[[list[Segment]], bool] | None = None,
+    ) -> list[Segment]:
         """Speech segments of 16 kHz mono audio, in time order; none for music, noise or silence.
 
-        `window` is Whisper's encoder output [1500, dim] for the audio's first 30 s, which the audio
-        tower has computed already. On the CPU, when voice activity puts all the speech in it, it is
-        decoded from there rather than encoded again (on a GPU that pass costs milliseconds);
-        faster-whisper's own loop (which cuts the voice out first) takes over where that keeps no
-        segment."""
-        from faster_whisper.vad import VadOptions, get_speech_timestamps
+        `windows`: Whisper's encoder output [1500, dim] for each 30 s of the audio in turn, which the
+        audio tower has computed already (see `Transcript`); none: faster-whisper's own loop.
+        `enough(segments so far)` stops early (the prompt's subtitle budget is full)."""
+        transcript = self.begin(audio, enough)
+        for window in windows:
+            transcript.add(window)
+        return transcript.segments()
 
-        audio = np.ascontiguousarray(audio, dtype=np.float32)
-        if window is None or not self.on_cpu:
-            return self._transcribe(audio)
-        voice = [(v["start"] / SAMPLE_RATE, v["end"] / SAMPLE_RATE) for v in get_speech_timestamps(audio, VadOptions())]
-        if not voice:
-            return []
-        if voice[-1][1] > WINDOW_SECONDS:
-            return self._transcribe(audio)
-        return self._decode_window(window, voice) or self._transcribe(audio)
+    def begin(self, audio: np.ndarray, enough: Callable[[list[Segment]], bool] | None = None) -> Transcript:
+        """A transcript of `audio` to feed the tower's windows to as they are encoded."""
+        return Transcript(self, np.ascontiguousarray(audio, dtype=np.float32), enough)
 
-    def _transcribe(self, audio: np.ndarray) -> list[Segment]:
-        """faster-whisper's own loop over the voice in `audio`."""
+    def _transcribe(self, audio: np.ndarray, enough: Callable[[list[Segment]], bool] | None = None) -> list[Segment]:
+        """faster-whisper's own loop over the voice in `audio`; it encodes and decodes each window as its
+        segments are read, so stopping when `enough` holds skips the rest."""
         segments, _ = self.model.transcribe(
             audio,
             language="en" if self.english_only else None,
@@ -125,14 +127,14 @@ class Transcriber:
             log_prob_threshold=LOGPROB_MIN,
             no_speech_threshold=NO_SPEECH_MAX,
         )
-        return _keep(segments)
+        return _keep(segments, enough=enough)
 
-    def _decode_window(self, window: np.ndarray, voice: list[tuple[float, float]]) -> list[Segment]:
-        """The first window decoded as faster-whisper decodes a window (greedy, with timestamps). Where
-        Whisper leaves the last segment open, faster-whisper would encode a new window from there; here
-        the whole audio is in this window already, so the decoder goes on in it from that timestamp.
-        Whisper's times in a window that starts before the voice are coarse: each segment is trimmed to
-        the voice it overlaps, and one outside the voice is dropped."""
+    def _decode_window(self, window: np.ndarray, voice: list[tuple[float, float]], previous: str = "") -> list[Segment]:
+        """A window decoded as faster-whisper decodes one (greedy, with timestamps). Where Whisper leaves
+        the last segment open, faster-whisper would encode a new window from there; here the window's
+        voice is all in it already, so the decoder goes on in it from that timestamp. Whisper's times in
+        a window that starts before the voice are coarse: each segment is trimmed to the voice it
+        overlaps, and one outside the voice is dropped. `previous`: the text kept before the window."""
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
 
@@ -144,7 +146,7 @@ class Transcriber:
         resume: float | None = None  # where a pass left a segment open
         while True:
             segments, open_at = self._decode_pass(features, tokenizer, resume)
-            kept += _keep(segments, previous=kept[-1].text if kept else "")
+            kept += _keep(segments, previous=kept[-1].text if kept else previous)
             if open_at is None or open_at >= voice[-1][1] or open_at == resume:
                 break
             resume = open_at
@@ -212,12 +214,59 @@ class Transcriber:
         return segments, open_at
 
 
-def _keep(segments: Iterable[Any], previous: str = "") -> list[Segment]:
-    """The segments that `_kept` calls speech, as `Segment`s; `previous`: the text kept before them."""
+class Transcript:
+    """Subtitles decoded window by window from the audio tower's own encoder output, as the tower
+    computes it (on the CPU; on a GPU that pass costs milliseconds, so faster-whisper's loop runs).
+
+    Each 30 s window with voice in it (Silero VAD on its samples) is decoded by `_decode_window`;
+    faster-whisper's loop (which cuts the voice out first and encodes it again) takes over for a
+    window that keeps no segment. Speech across a window's end is cut there. Once `enough` holds,
+    later windows are skipped: an hour's speech is not decoded for the minutes the prompt holds."""
+
+    def __init__(self, transcriber: Transcriber, audio: np.ndarray, enough: Callable[[list[Segment]], bool] | None):
+        self.transcriber, self.audio, self.enough = transcriber, audio, enough
+        self.kept: list[Segment] = []
+        self.windows = 0  # windows added so far
+        self.full = False
+        self.seconds = 0.0  # spent transcribing
+
+    def add(self, window: np.ndarray) -> None:
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        begin = time.perf_counter()
+        offset, self.windows = self.windows * WINDOW_SECONDS, self.windows + 1
+        if self.full or not self.transcriber.on_cpu:
+            return
+        chunk = self.audio[round(offset * SAMPLE_RATE) : round((offset + WINDOW_SECONDS) * SAMPLE_RATE)]
+        voice = [(v["start"] / SAMPLE_RATE, v["end"] / SAMPLE_RATE) for v in get_speech_timestamps(chunk, VadOptions())]
+        if voice:
+            heard = self.transcriber._decode_window(window, voice, self.kept[-1].text if self.kept else "")
+            heard = heard or self.transcriber._transcribe(chunk)
+            self.kept += [Segment(s.start + offset, s.end + offset, s.text) for s in heard]
+            self.full = self.enough is not None and self.enough(self.kept)
+        self.seconds += time.perf_counter() - begin
+
+    def segments(self) -> list[Segment]:
+        """What was heard: from the windows added, or faster-whisper's loop where none was (or on a GPU)."""
+        if self.windows and self.transcriber.on_cpu:
+            return self.kept
+        begin = time.perf_counter()
+        kept = self.transcriber._transcribe(self.audio, self.enough)
+        self.seconds += time.perf_counter() - begin
+        return kept
+
+
+def _keep(
+    segments: Iterable[Any], previous: str = "", enough: Callable[[list[Segment]], bool] | None = None
+) -> list[Segment]:
+    """The segments that `_kept` calls speech, as `Segment`s, read until `enough(kept)` holds;
+    `previous`: the text kept before them."""
     kept: list[Segment] = []
     for segment in segments:
         if _kept(segment, kept[-1].text if kept else previous):
             kept.append(Segment(float(segment.start), float(segment.end), segment.text.strip()))
+            if enough is not None and enough(kept):
+                break
     return kept
 
 

@@ -2,9 +2,9 @@
 
 Writes its own clips with PyAV (kept in --workdir, so a second run skips this): 320x180 at 5 fps
 (h264, a keyframe every 10 s) whose colour changes every 30 s under a moving bar, and a 16 kHz
-soundtrack (aac) with an espeak-ng sentence every 20 s and a tone between sentences. Then, per
-clip, in a fresh process (so that its peak memory is its own), loads the model, answers one
-question and prints: frames, prompt tokens, decode, encode (Whisper + CLIP), transcribe (the
+soundtrack (aac) with an espeak-ng sentence every 20 s (nine different ones in turn) and a tone
+between sentences. Then, per clip, in a fresh process (so that its peak memory is its own), loads
+the model, answers one question and prints: frames, prompt tokens, decode, encode (Whisper + CLIP), transcribe (the
 subtitles), prefill (one forward pass over the prompt, timed on its own), first token (from the
 start of decoding), total, and resident memory (GiB) after loading, at its peak while answering,
 and at the process's peak (loading's own included); s/min is the first token's seconds per minute
@@ -32,7 +32,17 @@ from avllm.config import default_model
 
 WIDTH, HEIGHT, FPS, RATE = 320, 180, 5, 16000
 COLOURS = [(200, 40, 40), (40, 160, 60), (40, 80, 200), (220, 200, 40), (160, 60, 180), (240, 240, 240)]
-SENTENCE = "At minute {minute}, the speaker talks about part {part} of the plan."
+SENTENCES = (  # one every 20 s, in turn; unlike each other, as a talk's are (Whisper drops repetitive text)
+    "At minute {minute}, the speaker opens with the budget for next year.",
+    "Then she asks who has read the customer survey.",
+    "Nobody answers, so she reads the three main complaints aloud.",
+    "A colleague says the new office will be ready in spring.",
+    "Someone wonders whether the trains will still run on Sundays.",
+    "The test results arrive late, and the room goes quiet.",
+    "Before the break, they vote on the hiring plan.",
+    "We will meet again in {minute} minutes, she says.",
+    "Two people argue about the colour of the logo.",
+)
 QUESTION = "What happens in this video, and what can be heard?"
 
 
@@ -49,7 +59,8 @@ def write_clip(path: Path, seconds: int) -> None:
         sound = np.zeros(0, np.float32)
         for second in range(seconds):
             if second % 20 == 0:  # a sentence, then a tone whose pitch changes every block
-                words = spoken(SENTENCE.format(minute=second // 60, part=second // 20 % 7 + 1), "en-us", 175)
+                sentence = SENTENCES[second // 20 % len(SENTENCES)].format(minute=second // 60)
+                words = spoken(sentence, "en-us", 175)
                 tone = sine(300.0 + 100 * (second // 20 % 8), 300.0 + 100 * (second // 20 % 8), 3.0, 0.3)
                 block = np.zeros(20 * RATE, np.float32)
                 block[: len(words)] = words[: 20 * RATE]
@@ -140,7 +151,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for minutes in args.minutes:
-        path = args.workdir / f"scaling-{minutes:g}min.mp4"
+        path = args.workdir / f"talk-{minutes:g}min.mp4"
         if not path.is_file():
             start = time.perf_counter()
             write_clip(path, int(round(minutes * 60)))

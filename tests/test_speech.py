@@ -106,6 +106,14 @@ def test_subtitles_past_the_budget_are_left_out_and_reported(model):
     assert report.subtitles[0] == {"start": 0.0, "end": 0.1, "text": "word number 0"}
 
 
+def test_the_budget_is_full_exactly_when_set_subtitles_would_leave_a_segment_out(model):
+    enc = clip(model)
+    many = [Segment(0.1 * i, 0.1 * i + 0.1, f"word number {i}") for i in range(20)]
+    model.set_subtitles(enc, many)
+    fits = len(enc.subtitles)
+    assert not model.subtitles_full(many[:fits]) and model.subtitles_full(many[: fits + 1])
+
+
 def test_the_feature_cache_keeps_the_subtitles(model, tmp_path, monkeypatch):
     media = tmp_path / "a.mp4"
     media.write_bytes(b"not decoded: encode_file is replaced")
@@ -151,11 +159,11 @@ def tower():
 
 @pytest.fixture(params=["faster-whisper", "tower window"])
 def hear(request, transcriber, tower):
-    """Subtitles of audio by faster-whisper's own loop, or decoded from the audio tower's first window
-    (as `AVLLM.encode` does): both must meet the same checks."""
+    """Subtitles of audio by faster-whisper's own loop, or decoded from the audio tower's windows (as
+    `AVLLM.encode` does): both must meet the same checks."""
     if request.param == "faster-whisper":
         return transcriber
-    return lambda audio: transcriber(audio, next(tower.windows([audio], whole=True))[1].numpy())
+    return lambda audio: transcriber(audio, [w.numpy() for _, w in tower.windows([audio], whole=True)])
 
 
 def heard(hear, path) -> list[Segment]:
@@ -283,6 +291,44 @@ def test_a_sentence_after_silence_is_timed_where_it_is_spoken(hear, tmp_path):
     assert abs(segments[0].start - onset) <= 0.5
 
 
+def test_transcription_stops_once_the_budget_is_full(transcriber, shared_clips, monkeypatch):
+    """The three speeches twice, 40 s apart (a minute of voice): faster-whisper's loop encodes two
+    windows of it; told that one segment is enough, it encodes one and returns the whole
+    transcript's first segment."""
+    from avllm.media import load_clip
+
+    speeches = [load_clip(shared_clips / name, MediaConfig()).audio for name in SPEECH] * 2
+    audio = np.concatenate([np.pad(s, (0, 40 * 16000 - len(s))) for s in speeches]).astype(np.float32)
+    encode, windows = transcriber.model.encode, []
+    monkeypatch.setattr(transcriber.model, "encode", lambda *a, **k: windows.append(1) or encode(*a, **k))
+    whole = transcriber(audio)
+    encoded_for_all = len(windows)
+    windows.clear()
+    first = transcriber(audio, enough=lambda kept: len(kept) >= 1)
+    assert len(whole) > 1 and first == whole[:1]
+    assert len(windows) == 1 < encoded_for_all
+
+
+def test_each_tower_window_is_decoded_where_its_speech_is(transcriber, tower, shared_clips, monkeypatch):
+    """The three speeches 40 s apart (two minutes: four windows): each is heard in its own window, at
+    its time, without faster-whisper's encoder; once one segment is enough, the first window's are all
+    there is (no later window is decoded)."""
+    from avllm.media import load_clip
+
+    speeches = [load_clip(shared_clips / name, MediaConfig()).audio for name in SPEECH]
+    audio = np.concatenate([np.pad(s, (0, 40 * 16000 - len(s))) for s in speeches]).astype(np.float32)
+    windows = [w.numpy() for _, w in tower.windows([audio], whole=True)]
+    monkeypatch.setattr(transcriber.model, "encode", None)  # faster-whisper's encoder pass would fail
+    segments = transcriber(audio, windows)
+    for k in range(len(SPEECH)):
+        assert any(40 * k <= s.start < 40 * k + 15 for s in segments), (k, segments)
+    assert all(a.end <= b.start for a, b in zip(segments, segments[1:]))
+    decode, decoded = transcriber._decode_window, []
+    monkeypatch.setattr(transcriber, "_decode_window", lambda *a: decoded.append(1) or decode(*a))
+    assert transcriber(audio, windows, enough=lambda kept: len(kept) >= 1) == [s for s in segments if s.start < 30]
+    assert len(decoded) == 1
+
+
 @pytest.mark.slow
 def test_the_tower_window_is_decoded_to_the_end_without_encoding_again(transcriber, tower, shared_clips, monkeypatch):
     """Three speeches joined: Whisper leaves the last one open at 22 s in its first pass; it is decoded on
@@ -293,7 +339,7 @@ def test_the_tower_window_is_decoded_to_the_end_without_encoding_again(transcrib
     own_loop = " ".join(s.text for s in transcriber(audio))
     window = next(tower.windows([audio], whole=True))[1].numpy()
     monkeypatch.setattr(transcriber.model, "encode", None)  # faster-whisper's encoder pass would fail
-    segments = transcriber(audio, window)
+    segments = transcriber(audio, [window])
     words = " ".join(s.text for s in segments)
     assert "this guy" in words.lower() and segments[-1].end > 24
     assert word_error_rate(re.sub(r"[^a-z ]", "", own_loop.lower()), re.sub(r"[^a-z ]", "", words.lower())) <= 0.2

@@ -190,9 +190,9 @@ def synthesize_speech(
         audio = load_clip(out / f["media"], media).audio  # what the model decodes, not what was written
         if audio is None:
             f["subtitles"] = []
-        else:  # from the tower's first window, as AVLLM.encode transcribes
-            window = next(tower.windows([audio], whole=True))[1].numpy()
-            f["subtitles"] = [s.to_dict() for s in transcribe(audio, window)]
+        else:  # from the tower's windows, as AVLLM.encode transcribes
+            windows = [feats.numpy() for _, feats in tower.windows([audio], whole=True)]
+            f["subtitles"] = [s.to_dict() for s in transcribe(audio, windows)]
         ins, q = speech_records(f, np.random.default_rng([seed, f["index"], VERSION, 3]))
         instructions += ins
         qa += q

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,14 +216,20 @@ class WhisperAudioEncoder(torch.nn.Module):
                 for (i, c), feats in zip(batch, out):
                     yield i, feats if whole else feats[: self.num_frames(c.size)]
 
-    def range_means(self, audio: np.ndarray, ranges: np.ndarray) -> torch.Tensor:
+    def range_means(
+        self, audio: np.ndarray, ranges: np.ndarray, tap: Callable[[np.ndarray], None] | None = None
+    ) -> torch.Tensor:
         """The mean feature over each [start, end) range of frames of one audio: [len(ranges), dim].
 
         Each window's features are added into the ranges they overlap as the window is encoded, so a long
-        recording's 50 Hz features are never all held (an hour of tiny.en's would be 280 MB)."""
+        recording's 50 Hz features are never all held (an hour of tiny.en's would be 280 MB). `tap` gets
+        each window's whole output first (what the subtitles decode from)."""
         ranges = torch.as_tensor(np.asarray(ranges, dtype=np.int64)).reshape(-1, 2)
-        sums, done = torch.zeros(len(ranges), self.dim, dtype=torch.float64), 0
-        for _, feats in self.windows([audio]):
+        sums, done, frames = torch.zeros(len(ranges), self.dim, dtype=torch.float64), 0, self.num_frames(len(audio))
+        for _, feats in self.windows([audio], whole=True):
+            if tap is not None:
+                tap(feats.numpy())
+            feats = feats[: frames - done]
             prefix = F.pad(feats.double().cumsum(0), (0, 0, 1, 0))  # prefix[k] = sum of the first k frames
             lo, hi = (ranges - done).clamp(0, len(feats)).unbind(1)
             sums += prefix[hi] - prefix[lo]
