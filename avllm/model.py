@@ -263,7 +263,7 @@ class AVLLM(nn.Module):
                 if tap is not None:
                     tap(feats.numpy())
             audio = torch.cat(windows)[: self.audio_encoder.num_frames(len(clip.audio))]
-        timings["encode_audio"] = time.perf_counter() - start - (heard.seconds if heard else 0.0)
+        timings["encode_audio"] = time.perf_counter() - start - (heard.seconds if heard is not None else 0.0)
         start = time.perf_counter()
         visual = self.visual_encoder(clip.frames) if len(clip.frames) else None
         timings["encode_visual"] = time.perf_counter() - start
