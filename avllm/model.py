@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from . import hub
 from .config import ModelConfig, load_model_config, to_dict
+from .decoding import generate_ids, stream_text
 from .errors import ConfigError, SpliceError
-from .llm import DTYPES, LoadedLLM, load_llm, resolve_dtype
+from .llm import DTYPES, LoadedLLM, load_llm, pack_linears, resolve_dtype
 from .llm import merge_lora as merge_lora_weights
 from .media import Clip, MediaFacts, sample_times
 from .projector.clip_summary import ClipSummary
@@ -168,8 +168,8 @@ class AVLLM(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None, merge_lora: bool = False) -> AVLLM:
         """`merge_lora`: add the LoRA adapter into the LLM's weights (answering only, not training;
-        a quantized LLM or an adapter beyond plain LoRA stays apart): same answers, faster start-up
-        and generation."""
+        a quantized LLM or an adapter beyond plain LoRA stays apart) and, in bfloat16 on the CPU, pack
+        its linear layers for oneDNN: same answers, faster start-up and generation."""
         folder = Path(folder)
         config = load_model_config(str(folder))
         model = cls.from_config(config, device)
@@ -180,6 +180,8 @@ class AVLLM(nn.Module):
                 model.add_lora()
         model.load_trainable(folder)
         model.eval()
+        if merge_lora and not hasattr(model.llm, "peft_config"):
+            pack_linears(model.llm)
         return model
 
     def load_trainable(self, folder: str | Path) -> None:
@@ -462,63 +464,26 @@ class AVLLM(nn.Module):
         timings: dict[str, float] | None = None,
         counts: dict[str, int] | None = None,
     ) -> Iterator[str]:
-        """Generate an answer to the conversation, yielding text pieces as they are decoded.
+        """Generate an answer to the conversation, yielding text pieces as they are decoded, in the
+        caller's thread (decoding.py says why).
 
         `timings` receives `prefill` (the LLM's first forward pass over the prompt), `counts`
         `generated` (tokens generated, end-of-turn included: what an API bills). Closing the
         iterator early (a client that went away) stops generation at the next token.
         """
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
-
         device = self.llm.get_input_embeddings().weight.device
         ids = torch.tensor([self.tokenize(messages, enc, add_generation_prompt=True).input_ids], device=device)
         with torch.inference_mode():
             embeds = self.embed(ids, [enc])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        timings = timings if timings is not None else {}
         counts = counts if counts is not None else {}
         counts["generated"] = 0
-        stop = threading.Event()
-        failure: list[BaseException] = []
-        started = time.perf_counter()
 
-        def record_prefill(*_: Any) -> None:
-            if threading.current_thread() is worker:  # other requests may share this model
-                timings.setdefault("prefill", time.perf_counter() - started)
+        def counted() -> Iterator[int]:
+            for token in generate_ids(self.llm, embeds, max_new_tokens, temperature, timings):
+                counts["generated"] += 1
+                yield token
 
-        def stopped(input_ids: torch.Tensor, *_: Any, **__: Any) -> torch.Tensor:
-            counts["generated"] += 1  # called once per generated token
-            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
-
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    self.llm.generate(
-                        inputs_embeds=embeds,
-                        attention_mask=torch.ones_like(ids),
-                        streamer=streamer,
-                        max_new_tokens=max_new_tokens,
-                        pad_token_id=self.tokenizer.pad_token_id,
-                        stopping_criteria=StoppingCriteriaList([stopped]),
-                        **sampling,
-                    )
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
-                failure.append(exc)
-                streamer.end()
-
-        worker = threading.Thread(target=run, daemon=True)
-        # On the base LLM: peft's generate calls the base model's generate, which skips the wrapper's forward.
-        hook = self.base_llm.register_forward_hook(record_prefill)
-        worker.start()
-        try:
-            yield from streamer
-        finally:
-            stop.set()
-            worker.join()
-            hook.remove()
-        if failure:
-            raise failure[0]
+        yield from stream_text(self.tokenizer, counted())
 
 
 def fold_input_whitening(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -188,6 +188,74 @@ def test_stream_equals_greedy_generate(model):
     assert counts["generated"] == out.shape[1]  # exact, not a re-tokenisation of the text
 
 
+def test_the_answer_is_generated_in_the_caller_s_thread(model, monkeypatch):
+    """A worker thread's OpenMP team made every decoding step slower (decoding.py)."""
+    import threading
+
+    seen = set()
+    forward = model.llm.forward
+    monkeypatch.setattr(model.llm, "forward", lambda *a, **k: seen.add(threading.get_ident()) or forward(*a, **k))
+    assert list(model.stream([{"role": "user", "content": with_video("what?")}], encoded(model), 4))
+    assert seen == {threading.get_ident()}
+
+
+def test_an_answer_stepped_from_a_new_thread_each_time_is_the_same(model):
+    """Gradio advances a streaming handler from its worker threads, one step in any of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    messages = [{"role": "user", "content": with_video("what?")}]
+    stream = model.stream(messages, encoded(model), 12)
+    pieces = []
+    while (piece := ThreadPoolExecutor(1).submit(next, stream, None).result()) is not None:
+        pieces.append(piece)
+    assert pieces == list(model.stream(messages, encoded(model), 12))
+
+
+def test_sampled_answers_keep_the_generation_config_s_suppressed_tokens(model, monkeypatch):
+    monkeypatch.setattr(model.llm.generation_config, "eos_token_id", None)
+    allowed = model.tokenizer.encode(" red square", add_special_tokens=False)
+    suppressed = [i for i in range(model.llm.config.vocab_size) if i not in allowed]
+    monkeypatch.setattr(model.llm.generation_config, "suppress_tokens", suppressed)
+    messages = [{"role": "user", "content": with_video("what?")}]
+    torch.manual_seed(0)
+    counts = {}
+    text = "".join(model.stream(messages, encoded(model), 20, temperature=1.5, counts=counts))
+    assert counts["generated"] == 20 and set(model.tokenizer.encode(text, add_special_tokens=False)) <= set(allowed)
+
+
+def test_streamed_text_holds_back_half_a_character(model):
+    from avllm.decoding import stream_text
+
+    ids = model.tokenizer.encode("A dog says 你好 ☕ hello", add_special_tokens=False)
+    assert len(ids) > len("A dog says 你好 ☕ hello".split())  # byte-level: the characters span tokens
+    pieces = list(stream_text(model.tokenizer, iter(ids)))
+    assert "".join(pieces) == "A dog says 你好 ☕ hello" and not any("\ufffd" in p for p in pieces)
+    k = next(k for k in range(len(ids)) if model.tokenizer.decode(ids[:k]).endswith("\ufffd"))
+    cut = list(stream_text(model.tokenizer, iter(ids[:k])))  # an answer cut inside a character: given whole
+    assert "".join(cut) == model.tokenizer.decode(ids[:k]) and cut[-1].endswith("\ufffd")
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU does not compute in bfloat16")
+def test_packed_linear_layers_give_the_same_bfloat16_outputs(parts):
+    from avllm.llm import PackedLinear, pack_linears
+
+    plain = AVLLM.from_config(make_config(parts, dtype="bfloat16"), device="cpu")
+    packed = AVLLM.from_config(make_config(parts, dtype="bfloat16"), device="cpu")
+    assert pack_linears(packed.llm) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the output layer
+    assert isinstance(packed.llm.lm_head, PackedLinear) and not any(
+        type(m) is torch.nn.Linear for m in packed.llm.modules()
+    )
+    enc = encoded(plain)
+    for prompt in ("what?", "Describe the sound and the picture in detail, please."):
+        ids = torch.tensor([plain.tokenize([{"role": "user", "content": with_video(prompt)}], enc, True).input_ids])
+        with torch.inference_mode():
+            a = plain(ids, torch.ones_like(ids), [enc]).logits
+            b = packed(ids, torch.ones_like(ids), [enc]).logits
+        assert torch.equal(a, b)
+    messages = [{"role": "user", "content": with_video("what?")}]
+    assert list(packed.stream(messages, enc, 12)) == list(plain.stream(messages, enc, 12))
+
+
 def test_each_conversation_weighs_the_same_in_the_loss(model):
     """A long answer and a one-word answer in one batch: the loss is the mean of their own losses."""
     from avllm.data.dataset import Collator
