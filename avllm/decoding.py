@@ -3,7 +3,7 @@
 `transformers`' `generate` streams only through a callback, so streaming it means running it in a
 worker thread. On the CPU that thread's OpenMP team comes on top of the main thread's: libgomp then
 manages more threads than there are cores and stops spin-waiting between parallel regions, and each
-of a step's few hundred small operations pays a wake-up (a parallel multiply 3x slower, the whole
+of a step's few hundred small operations pays a wake-up (a parallel multiply 3 to 4 times slower, the whole
 answer 1.3 to 1.5x slower, docs/performance.md). Here the loop is a generator: each step runs
 where the caller iterates. It keeps `generate`'s answers: the model's generation config and its
 logits processors (temperature, top-k, suppressed tokens), its end-of-sequence ids, float32 scores.
