@@ -38,6 +38,7 @@ from .prompt import IGNORE_INDEX, ChatTokens, Message, add_video_token, encode_c
 from .speech import NO_SPEECH, Segment, Transcriber, ctranslate2_source, subtitle_text
 
 CONFIG_FILE = "avllm_config.json"
+NO_PICTURE = " [no picture]"  # after the slots of a file without a video track: absence, stated as text
 PROJECTOR_FILE = "projectors.safetensors"
 ADAPTER_DIR = "adapter"
 CHECKPOINT_FORMAT = 1
@@ -357,7 +358,8 @@ class AVLLM(nn.Module):
         """What replaces <video>: per slot an optional time mark (always in a long clip, so that "when"
         can be answered), one placeholder per media token and the subtitles that start in the slot (as
         text), or "[no speech]" after the slots when the model transcribes and heard none (a clip
-        without sound included), so that no speech is said in the text and not only left unquoted;
+        without sound included), so that no speech is said in the text and not only left unquoted,
+        and "[no picture]" for a file without a video track, so that no picture is described;
         then the clip's summary tokens."""
         visual, audio = [self.video_token_id] * self.config.visual_tokens_per_slot, self.config.audio_tokens_per_slot
         long = self.is_long(enc.duration)
@@ -377,6 +379,8 @@ class AVLLM(nn.Module):
                     ids += self.tokenizer.encode(subtitle_text(segment), add_special_tokens=False)
         if self.transcriber is not None and not enc.subtitles and not enc.subtitles_left_out:
             ids += self.mark_ids(NO_SPEECH)
+        if enc.visual is None:
+            ids += self.mark_ids(NO_PICTURE)
         return ids + [self.video_token_id] * self.config.summary_tokens
 
     def mark_ids(self, text: str) -> list[int]:

@@ -131,6 +131,17 @@ def test_layout_and_splice_positions(model):
     torch.testing.assert_close(embeds[0, ~mask], text)
 
 
+def test_a_file_without_a_picture_says_so_in_the_prompt(model):
+    from avllm.model import NO_PICTURE
+
+    def marked(enc: EncodedClip) -> bool:
+        return NO_PICTURE.strip() in model.tokenizer.decode(model.layout(enc))
+
+    assert (
+        marked(encoded(model, visual=False)) and not marked(encoded(model)) and not marked(encoded(model, audio=False))
+    )
+
+
 def test_summary_tokens_follow_the_slots_and_read_every_slot(parts):
     summed = AVLLM.from_config(make_config(parts, summary_tokens=2), device="cpu")
     enc = encoded(summed)

@@ -55,6 +55,24 @@ def test_a_talk_is_sound_only_and_its_answers_name_no_picture():
     assert f'{NO_PICTURE} Someone says: "One. Two."' in answers
 
 
+def test_some_clips_keep_their_sound_alone_and_their_answers_name_no_picture(tmp_path):
+    from avllm.data.synth_speech import _render, has_picture
+    from avllm.data.synth_text import sound_sentence
+    from avllm.media import probe
+
+    clips = [speech_facts(4, i, 0.0) for i in range(200)]
+    alone = [f for f in clips if f["sound"] in ("beeps", "tone", "speech") and not has_picture(f)]
+    assert alone and any(has_picture(f) for f in clips if f["sound"] in ("beeps", "tone", "speech"))
+    f = next(f for f in alone if f["sound"] == "beeps")
+    (tmp_path / "clips").mkdir()
+    _render((f, str(tmp_path)))
+    facts = probe(tmp_path / f["media"])
+    assert f["media"].endswith(".wav") and facts.has_audio and not facts.has_video
+    turns = speech_records({**f, "subtitles": []}, np.random.default_rng(0))[0][0]["conversations"]
+    asked = next(i for i, t in enumerate(turns) if "what can be heard" in t["content"])
+    assert turns[asked + 1]["content"] == f"{NO_PICTURE} {sound_sentence(f)}"
+
+
 def test_the_picture_named_is_the_one_on_screen_when_speech_starts():
     f = next(f for i in range(80) if (f := speech_facts(4, i, 0.0))["sound"] == "sentence" and f["scene"] == "two")
     late = {**f, "subtitles": [{"start": 2.5, "end": 3.5, "text": "Hello."}]}

@@ -3,7 +3,8 @@
 Each clip is a clip of the synthetic world (synth.py: the same shapes, flashes and seeds); in most
 of them its sound is replaced by a short sentence that espeak-ng speaks (several voices and speeds),
 or by a talk of two or three sentences with no picture at all (a .wav); the rest keep their beeps,
-tones, silence or missing track. Every clip is then transcribed by the
+tones, single spoken word, silence or missing track, and some of those with a sound keep it alone,
+as a .wav without a picture. Every clip is then transcribed by the
 starter's own Whisper (speech.py) exactly as the model will transcribe it, and the answers quote
 that transcript, errors included: the model learns to read the subtitles it will be given, and to
 say that nobody speaks when there are none, never to recall the script.
@@ -13,7 +14,7 @@ so its questions can be answered only by reading.
 
 Files written in DIR: clips/*.mp4, clips.jsonl (facts with their subtitles), speech.jsonl (one
 chat per clip: what is said, when it starts, what is on screen then, what happens and can be heard
-(a description that names no picture for a talk and no words where nobody speaks); plus a multiple-choice record
+(a description that names no picture for a .wav and no words where nobody speaks); plus a multiple-choice record
 for spoken clips) and speech-qa.jsonl (the multiple-choice questions, for `avllm eval`).
 """
 
@@ -33,8 +34,8 @@ from ..errors import DataError
 from ..prompt import with_video
 from .formats import qa_prompt, write_jsonl
 from .synth import VERSION, SynthSummary, _pick, sample_facts
-from .synth_media import RATE, SECONDS, SLOTS, VOICES, render_clip, spoken
-from .synth_text import article, describe, picture_phrase, picture_sentences
+from .synth_media import RATE, SECONDS, SLOTS, VOICES, render_audio, render_clip, spoken
+from .synth_text import article, describe, picture_phrase, picture_sentences, sound_sentence
 
 SUBJECTS = ("the old man", "my sister", "the little dog", "a tall woman", "our teacher", "the farmer", "his friend")
 VERBS = ("walks to", "looks at", "runs past", "waits near", "paints", "cleans", "finds", "sells")
@@ -44,6 +45,7 @@ HELDOUT = (("the captain", "a nurse"), ("visits", "repairs"), ("the lighthouse",
 SENTENCE_P = 0.7  # share of clips whose sound becomes a sentence; the others keep the world's sound
 TALK_P = 0.35  # share of those that become a talk instead: 2-3 sentences, sound only, 5-12 s (a .wav)
 SPEECH_SPEEDS = (160, 185)  # words per minute: a sentence fits the 4 s clip
+SOUND_ONLY_P = 0.4  # share of the clips that keep the world's sound (not silence) and lose their picture
 NO_PICTURE = "There is no picture, only sound."
 
 
@@ -74,7 +76,13 @@ def speech_facts(seed: int, index: int, heldout_frac: float) -> dict[str, Any]:
                 sentences=[f["sentence"]] + [sentence(rng, f["heldout"]) for _ in range(int(rng.integers(1, 3)))],
                 gaps=[round(float(rng.uniform(0.3, 1.5)), 2) for _ in range(3)],
             )
+    elif f["sound"] in ("speech", "beeps", "tone") and rng.random() < SOUND_ONLY_P:
+        f["media"] = f"clips/{f['id']}.wav"
     return f
+
+
+def has_picture(f: dict[str, Any]) -> bool:
+    return not f["media"].endswith(".wav")
 
 
 def talk_audio(f: dict[str, Any]) -> np.ndarray:
@@ -95,7 +103,7 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
 
 def picture_at(f: dict[str, Any], seconds: float) -> str:
     """What is shown at a moment: the group, or whichever of the two objects is on screen."""
-    if f["sound"] == "talk":
+    if not has_picture(f):
         return "nothing: " + NO_PICTURE.lower()
     if f["scene"] == "one":
         return picture_phrase(f)
@@ -110,10 +118,11 @@ def speech_records(f: dict[str, Any], rng: np.random.Generator) -> tuple[list[di
     if not subtitles and f["sound"] in ("speech", "sentence", "talk"):
         return [], []  # Whisper missed the words: no answer here can be both true and readable
     if not subtitles:
-        pairs = [("What does the speaker say?", "Nobody speaks in this clip."), (OPEN, describe(f))]
+        heard = describe(f) if has_picture(f) else f"{NO_PICTURE} {sound_sentence(f)}"
+        pairs = [("What does the speaker say?", "Nobody speaks in this clip."), (OPEN, heard)]
     else:
         said, start = " ".join(s["text"] for s in subtitles), subtitles[0]["start"]
-        seen = NO_PICTURE if f["sound"] == "talk" else picture_sentences(f)
+        seen = picture_sentences(f) if has_picture(f) else NO_PICTURE
         pairs = [
             ("What does the speaker say?", f'They say: "{said}"'),
             (OPEN, f'{seen} Someone says: "{said}"'),
@@ -157,6 +166,8 @@ def _render(job: tuple[dict[str, Any], str]) -> None:
     facts, out = job
     if facts["sound"] == "talk":
         write_wav(Path(out) / facts["media"], talk_audio(facts))
+    elif not has_picture(facts):
+        write_wav(Path(out) / facts["media"], render_audio(facts))
     else:
         render_clip(facts, Path(out) / facts["media"])
 
