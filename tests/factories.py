@@ -123,3 +123,16 @@ def tiny_preset_file(folder: Path, **fields: Any) -> Path:
     path = Path(folder) / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_model_fields(folder, **fields)))
     return path
+
+
+def greedy_generate(model: Any, messages: list[dict], enc: Any, max_new_tokens: int) -> torch.Tensor:
+    """The new token ids transformers' own `generate` gives, greedy: what avllm's streamed answers must equal."""
+    ids = torch.tensor([model.tokenize(messages, enc, True).input_ids])
+    with torch.inference_mode():
+        return model.llm.generate(
+            inputs_embeds=model.embed(ids, [enc]),
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=model.tokenizer.pad_token_id,
+        )[0]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_clip
-from factories import tiny_llm_folder, tiny_model_fields
+from factories import greedy_generate, tiny_llm_folder, tiny_model_fields
 
 from avllm.config import LoraConfig, MediaConfig, ModelConfig
 from avllm.errors import ConfigError, SpliceError
@@ -185,18 +185,10 @@ def test_stream_equals_greedy_generate(model):
     messages = [{"role": "user", "content": with_video("what?")}]
     timings, counts = {}, {}
     pieces = list(model.stream(messages, enc, max_new_tokens=12, timings=timings, counts=counts))
-    ids = torch.tensor([model.tokenize(messages, enc, True).input_ids])
-    with torch.inference_mode():
-        out = model.llm.generate(
-            inputs_embeds=model.embed(ids, [enc]),
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=12,
-            do_sample=False,
-            pad_token_id=model.tokenizer.pad_token_id,
-        )
-    assert "".join(pieces) == model.tokenizer.decode(out[0], skip_special_tokens=True)
+    out = greedy_generate(model, messages, enc, 12)
+    assert "".join(pieces) == model.tokenizer.decode(out, skip_special_tokens=True)
     assert len(pieces) > 1 and timings["prefill"] > 0
-    assert counts["generated"] == out.shape[1]  # exact, not a re-tokenisation of the text
+    assert counts["generated"] == len(out)  # exact, not a re-tokenisation of the text
 
 
 def test_the_answer_is_generated_in_the_caller_s_thread(model, monkeypatch):

@@ -97,7 +97,7 @@ def test_answering_fast_paths_give_the_plain_greedy_answers(av_clip):
     bfloat16 on the CPU, its linear layers packed) and answer through avllm's own decoding loop:
     greedy answers on the starter are those of the peft-wrapped model through transformers'
     `generate`, word for word."""
-    import torch
+    from factories import greedy_generate
 
     from avllm.config import default_model
     from avllm.inference import encode_file
@@ -110,14 +110,6 @@ def test_answering_fast_paths_give_the_plain_greedy_answers(av_clip):
     enc = encode_file(plain, av_clip)
     for question in QUESTIONS:
         messages = [{"role": "user", "content": with_video(question)}]
-        ids = torch.tensor([plain.tokenize(messages, enc, True).input_ids])
-        with torch.inference_mode():
-            out = plain.llm.generate(
-                inputs_embeds=plain.embed(ids, [enc]),
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=48,
-                do_sample=False,
-            )
-        expected = plain.tokenizer.decode(out[0], skip_special_tokens=True)
+        expected = plain.tokenizer.decode(greedy_generate(plain, messages, enc, 48), skip_special_tokens=True)
         assert expected.strip() and "".join(plain.stream(messages, enc, 48)) == expected
         assert "".join(merged.stream(messages, enc, 48)) == expected
