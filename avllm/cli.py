@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--batch-size", type=positive_int, default=16, help="options scored per forward pass")
     evaluate.add_argument(
-        "--max-new-tokens", type=positive_int, default=32, help="for open questions and --mode generate"
+        "--max-new-tokens", type=positive_int, default=32, help="for open and yes/no questions, and --mode generate"
     )
     add_threads_argument(evaluate)
     evaluate.set_defaults(func=cmd_eval)

@@ -2,8 +2,7 @@
 scores multiple choice by), and its greedy answer.
 
 Each option is scored as the assistant's whole answer (its tokens and the end-of-turn tokens) by
-the mean log-probability per token, so long and short options compete fairly; a first-word request
-scores the option's own tokens alone (a grounded "No" goes on to explain itself).
+the mean log-probability per token, so long and short options compete fairly.
 
 Shared work runs once, in three passes over a key/value cache: the tokens every sequence starts
 with (system prompt and media), then each question's own tokens (one row per question), then the
@@ -14,7 +13,7 @@ so that only the scored tokens' logits are computed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from .inference import encode_file
 from .model import AVLLM, EncodedClip
 from .prompt import IGNORE_INDEX, Message
 
-ChoiceRequest = tuple[list[Message], list[str], bool]  # conversation ending in the user's turn, options, first word
+ChoiceRequest = tuple[list[Message], list[str]]  # conversation ending in the user's turn, options
 Scored = tuple[list[int], int]  # token ids of a conversation and its answer, how many final tokens are scored
 Job = tuple[int, list[int], int]  # an option: its request, its tokens after the request's cached ones, how many scored
 Row = tuple[DynamicCache, torch.Tensor, int]  # a cache, its attention mask, and which of its rows
@@ -43,14 +42,19 @@ class AVLLMScorer:
     def encode(self, media: Path) -> EncodedClip:
         return encode_file(self.model, media, self.frames)
 
-    def generate(self, enc: EncodedClip, messages: list[Message], max_new_tokens: int) -> str:
-        return "".join(self.model.stream(messages, enc, max_new_tokens=max_new_tokens)).strip()
+    def generate(
+        self, enc: EncodedClip, messages: list[Message], max_new_tokens: int, until: Callable[[str], bool] | None = None
+    ) -> str:
+        text = ""
+        for piece in self.model.stream(messages, enc, max_new_tokens=max_new_tokens):
+            text += piece
+            if until is not None and until(text):
+                break
+        return text.strip()
 
     def choice_scores(self, enc: EncodedClip, requests: Sequence[ChoiceRequest]) -> list[list[float]]:
         """For each request, the length-normalised log-likelihood of each option as the answer."""
-        groups = [
-            [self.sequence(enc, messages, option, first) for option in options] for messages, options, first in requests
-        ]
+        groups = [[self.sequence(enc, messages, option) for option in options] for messages, options in requests]
         seqs = [seq for group in groups for seq in group]
         with torch.inference_mode():
             shared = common_length(seqs, 0)
@@ -68,7 +72,7 @@ class AVLLMScorer:
             k += len(group)
         return out
 
-    def sequence(self, enc: EncodedClip, messages: list[Message], option: str, first_word: bool) -> Scored:
+    def sequence(self, enc: EncodedClip, messages: list[Message], option: str) -> Scored:
         """Token ids of the conversation answered with `option`, and how many final tokens are scored."""
         tokens = self.model.tokenize(
             [*messages, {"role": "assistant", "content": option}], enc, add_generation_prompt=False
@@ -78,8 +82,6 @@ class AVLLMScorer:
         begin = end
         while begin > 0 and labels[begin - 1] != IGNORE_INDEX:  # the last assistant turn only
             begin -= 1
-        if first_word:
-            end = min(end, begin + len(self.model.tokenizer.encode(option, add_special_tokens=False)))
         return tokens.input_ids[:end], end - begin
 
     # ---- the shared start once, then each question, then the options, over a key/value cache

@@ -10,8 +10,9 @@ from avllm.cli import main
 from avllm.data.synth import synthesize
 from avllm.errors import DataError, MediaError
 from avllm.eval import build_report, evaluate, make_task, markdown, run_eval, write_report
-from avllm.eval.matching import ItemResult, TaskResult, _messages, exact_match, match_choice, normalize
+from avllm.eval.matching import ItemResult, TaskResult, _messages, decided, exact_match, match_choice, normalize
 from avllm.eval.tasks import EvalItem, TaskData, fill_template
+from avllm.scoring import AVLLMScorer
 
 
 class FakeModel:
@@ -31,12 +32,12 @@ class FakeModel:
     def choice_scores(self, enc, requests):
         self.requests.append(len(requests))
         out = []
-        for messages, options, first_word in requests:
+        for messages, options in requests:
             pick = self.rule(messages[-1]["content"], options)
             out.append([0.0 if o == pick else -1.0 for o in options])
         return out
 
-    def generate(self, enc, messages, max_new_tokens):
+    def generate(self, enc, messages, max_new_tokens, until=None):
         return self.rule(messages[-1]["content"], None)
 
 
@@ -62,7 +63,7 @@ def items(media: Path) -> list[EvalItem]:
 
 
 def first_option(question, options):
-    return options[0] if options else "I am not sure"
+    return options[0] if options else "Yes."  # yes/no questions are answered by generation
 
 
 def test_normalise_and_match():
@@ -74,6 +75,29 @@ def test_normalise_and_match():
     assert match_choice("nothing", choices) is None
     assert match_choice("Yes, someone speaks.", ["yes", "no"]) == "yes"
     assert match_choice("No.", ["yes", "no"]) == "no" and match_choice("Maybe", ["yes", "no"]) is None
+    assert match_choice("I see a red cross. No, there is no green cross.", ["yes", "no"]) == "no"
+    assert match_choice("I see no yellow. Yes: a red one.", ["yes", "no"]) == "yes"  # a sentence's first word
+    assert (
+        match_choice("Nobody knows; yes.", ["yes", "no"]) == "yes" and match_choice("Yesterday", ["no", "yes"]) is None
+    )
+
+
+def test_yes_no_answers_are_generated_until_they_decide():
+    class Streaming:
+        def __init__(self):
+            self.pieces = ["I see", " a red", " cross.", " No", ",", " there", " is", " no", " green", " cross."]
+            self.read = 0
+
+        def stream(self, messages, enc, max_new_tokens):
+            for piece in self.pieces[:max_new_tokens]:
+                self.read += 1
+                yield piece
+
+    assert not decided("I see no") and not decided("I see a red cross. No") and decided("I see a red cross. No,")
+    model = Streaming()
+    scorer = AVLLMScorer(model, name="streaming")
+    assert scorer.generate(None, [], 32, until=decided) == "I see a red cross. No," and model.read == 5
+    assert scorer.generate(None, [], 32) == "I see a red cross. No, there is no green cross."
 
 
 def test_known_answers_give_known_scores_and_hallucination_rate(tmp_path):
@@ -82,7 +106,7 @@ def test_known_answers_give_known_scores_and_hallucination_rate(tmp_path):
     model = FakeModel(first_option)  # always the first option: "Yes" on every probe
     result = evaluate(task, model, progress=False)
     assert model.encoded == ["a.mp4", "b.mp4"]  # each clip encoded once
-    assert model.requests == [6, 2]  # all questions of a clip scored in one call
+    assert model.requests == [3, 2]  # all choice questions of a clip scored in one call; yes/no generated
     s = build_report([result], model.name, 1.0)["tasks"]["fake-task"]
     # scored main items: v1 x, v2 ok, a1 x, a2 x, p1 x (yes), p2 ok (yes), p3 x (yes)
     assert s["n"] == 7 and s["accuracy"] == pytest.approx(2 / 7, abs=1e-4)

@@ -87,7 +87,7 @@ def test_options_are_scored_as_avllm_eval_scores_them(tiny, av_clip, audio_only_
     expected = []
     for d in docs:
         enc = tiny.scorer.encode(Path(d["media"]))
-        expected += tiny.scorer.choice_scores(enc, [(qa_messages(d["question"], d["choices"]), d["choices"], False)])[0]
+        expected += tiny.scorer.choice_scores(enc, [(qa_messages(d["question"], d["choices"]), d["choices"])])[0]
     assert losses == pytest.approx([-s for s in expected], abs=1e-5)
     assert len(set(losses)) == len(losses)  # real scores, option by option
     for d, k in ((0, 0), (1, 3), (2, 5)):  # greedy: the greedy answer is the option itself

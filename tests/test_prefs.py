@@ -75,9 +75,12 @@ def test_open_pairs_add_one_absent_thing_to_the_description(pairs):
         assert is_wrong(r["rejected"], r["chosen"])
 
 
-def test_is_wrong_reads_yes_no_by_the_first_word_and_open_answers_by_what_they_name():
-    assert is_wrong("Yes, there is a green square.", "No, there is no green square; I see a red cross.")
-    assert not is_wrong("No.", "No, there is no green square; I see a red cross.")
+def test_is_wrong_reads_yes_no_by_the_decision_and_open_answers_by_what_they_name():
+    assert is_wrong("Yes, there is a green square.", "I see a red cross. No, there is no green square.")
+    assert is_wrong(
+        "I see a red cross. Yes, there is a green square.", "I see a red cross. No, there is no green square."
+    )
+    assert not is_wrong("No.", "I see a red cross. No, there is no green square.")
     assert is_wrong("They are blue.", "They are red.") and not is_wrong("Red.", "They are red.")
     assert is_wrong("A blue circle is shown.", f'{NO_PICTURE} Someone says the word "apple" at about 1.5 s.')
     assert not is_wrong("Someone says apple.", f'{NO_PICTURE} Someone says the word "apple" at about 1.5 s.')

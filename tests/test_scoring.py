@@ -34,9 +34,9 @@ def scorer(tmp_path_factory):
     return AVLLMScorer(model, batch_size=3)
 
 
-def alone(scorer, enc, messages, option, first_word) -> float:
+def alone(scorer, enc, messages, option) -> float:
     """The mean log-probability of the scored tokens, from one forward pass over the whole sequence."""
-    ids, n = scorer.sequence(enc, messages, option, first_word)
+    ids, n = scorer.sequence(enc, messages, option)
     with torch.inference_mode():
         logits = scorer.model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), [enc]).logits[0]
     logprobs = torch.log_softmax(logits.float(), -1)
@@ -45,16 +45,16 @@ def alone(scorer, enc, messages, option, first_word) -> float:
 
 def requests(layout: str) -> list:
     if layout == "one question":  # every option after the same question and clip
-        return [(qa_messages("What colour are the shapes?", COLOURS), COLOURS, False)]
+        return [(qa_messages("What colour are the shapes?", COLOURS), COLOURS)]
     if layout == "clip first":  # the clip, then each question (the user placed <video> first)
         asked = ["What colour?", "Which colour is it?", "Name the colour.", "Colour?"]
-        return [([{"role": "user", "content": f"<video>\n{q}"}], COLOURS, False) for q in asked] + [
-            ([{"role": "user", "content": "<video>\nIs anyone speaking?"}], ["Yes", "No"], True)
+        return [([{"role": "user", "content": f"<video>\n{q}"}], COLOURS) for q in asked] + [
+            ([{"role": "user", "content": "<video>\nIs anyone speaking?"}], ["Yes", "No"])
         ]
     return [  # the usual prompt: each question, then the clip
-        (qa_messages("What colour are the shapes?", COLOURS), COLOURS, False),
-        (qa_messages("Which word is spoken?", ["apple", "tiger"]), ["apple", "tiger"], False),
-        (qa_messages("Is anyone speaking?", ["yes", "no"]), ["Yes", "No"], True),
+        (qa_messages("What colour are the shapes?", COLOURS), COLOURS),
+        (qa_messages("Which word is spoken?", ["apple", "tiger"]), ["apple", "tiger"]),
+        (qa_messages("Is anyone speaking?", ["yes", "no"]), ["Yes", "No"]),
     ]
 
 
@@ -70,16 +70,7 @@ def test_option_scores_equal_each_sequence_scored_alone(scorer, av_clip, monkeyp
     asked = requests(layout)
     scores = scorer.choice_scores(enc, asked)
     assert set(used) == {"_staged_scores" if staged else "_whole_scores"}
-    assert [len(s) for s in scores] == [len(options) for _, options, _ in asked]
-    for (messages, options, first), got in zip(asked, scores):
-        expected = [alone(scorer, enc, messages, option, first) for option in options]
+    assert [len(s) for s in scores] == [len(options) for _, options in asked]
+    for (messages, options), got in zip(asked, scores):
+        expected = [alone(scorer, enc, messages, option) for option in options]
         assert got == pytest.approx(expected, abs=1e-4)
-
-
-def test_first_word_scores_the_option_alone_not_the_end_of_turn(scorer, av_clip):
-    enc = scorer.encode(av_clip)
-    messages = qa_messages("Is anyone speaking?", ["yes", "no"])
-    whole_ids, whole_n = scorer.sequence(enc, messages, "Yes", False)
-    first_ids, first_n = scorer.sequence(enc, messages, "Yes", True)
-    assert first_n == len(scorer.model.tokenizer.encode("Yes", add_special_tokens=False)) < whole_n
-    assert first_ids == whole_ids[: len(first_ids)]

@@ -10,6 +10,7 @@ import pytest
 
 from avllm.config import load_train_config
 from avllm.data import formats
+from avllm.data.formats import decision
 from avllm.data.synth import HELDOUT_VOCAB, SESSION_ORDERS, VOCAB, clip_records, sample_facts, synthesize
 from avllm.data.synth_media import COLOURS, FLASH, RATE, SLOT_SECONDS, render_clip
 from avllm.media import load_clip
@@ -60,6 +61,7 @@ def test_every_written_file_passes_validation(sets):
         ("probes", "qa"),
         ("align", "instruction"),
         ("instruct-mix", "instruction"),
+        ("yes-no-mix", "instruction"),
         ("dpo-pairs", "preference"),
     ):
         records = formats.load(sets / "a" / f"{name}.jsonl", fmt)
@@ -78,6 +80,17 @@ def test_synth_writes_the_files_the_starter_recipes_train_on(sets):
     assert read(sets / "a" / "align.jsonl") == [r for r in instructions if r["style"] == "choice"]
     open_chats = [r for r in instructions if r["style"] == "open"]
     assert open_chats and read(sets / "a" / "instruct-mix.jsonl") == written["sessions"] + open_chats
+    yes_no = [r for r in instructions if r["style"] == "yes-no"]
+    mix = read(sets / "a" / "yes-no-mix.jsonl")
+    assert mix == [r for r in yes_no if r in mix]  # in their order
+    assert {r["kind"] for r in mix} == {r["kind"] for r in yes_no}
+    for kind in {r["kind"] for r in yes_no}:
+        asked = [decision(r["conversations"][-1]["content"]) for r in yes_no if r["kind"] == kind]
+        said = [decision(r["conversations"][-1]["content"]) for r in mix if r["kind"] == kind]
+        if set(asked) == {"yes", "no"}:
+            assert said.count("yes") == said.count("no") == min(asked.count("yes"), asked.count("no")), kind
+        else:  # answered one way only (sounds no clip makes): half of them
+            assert said == asked[: len(asked) // 2], kind
     pairs, prefs = read(sets / "a" / "dpo-pairs.jsonl"), written["preferences"]
     probe_pairs = [p for p in pairs if p["target"] in PROBE_TARGETS]
     assert pairs[: len(probe_pairs)] == probe_pairs  # the probe pairs first
@@ -198,10 +211,13 @@ def test_probes_are_balanced_and_preferences_target_hallucinations(many):
     prefs = [r for rec in records for r in rec["preferences"]]
     hallucination = [r for r in prefs if r["target"] == "hallucination"]
     assert len(hallucination) == sum(not f["heldout"] for f in facts)  # one per training clip
-    assert all(r["chosen"].startswith("No, ") and r["rejected"].startswith("Yes, ") for r in hallucination)
+    assert all(decision(r["chosen"]) == "no" and decision(r["rejected"]) == "yes" for r in hallucination)
     omission = [r for r in prefs if r["target"] == "omission"]  # as many pairs whose grounded answer is yes
     assert len(omission) == len(hallucination)
-    assert all(r["chosen"].startswith("Yes, ") and r["rejected"].startswith("No, ") for r in omission)
+    assert all(decision(r["chosen"]) == "yes" and decision(r["rejected"]) == "no" for r in omission)
+    objects = [r for r in hallucination + omission if r["family"] == "probe-object"]
+    assert objects and all(r["chosen"].startswith("I see ") for r in objects)  # what is seen, then the decision
+    assert all(r["chosen"].split(". ")[0] == r["rejected"].split(". ")[0] for r in objects)
     assert {"sound", "picture"} <= {r["target"] for r in prefs}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ FORMATS = ("instruction", "preference", "qa")
 ROLES = ("system", "user", "assistant")
 MAX_LISTED = 50  # problems spelled out in an error message; the rest are counted
 YES, NO = "yes", "no"
+DECISION = re.compile(r"(?:^|[.!?;:]\s+)(yes|no)\b", re.IGNORECASE)
 
 REQUIRED = {
     "instruction": ("id", "media", "conversations"),
@@ -88,6 +90,13 @@ class Problem:
 
 def is_yes_no(choices: list[str] | None) -> bool:
     return bool(choices) and sorted(c.strip().lower() for c in choices) == [NO, YES]
+
+
+def decision(answer: str) -> str | None:
+    """The yes or no a yes/no answer decides: the first sentence that starts with one. A grounded
+    answer may say what it sees first ("I see a red cross. No, there is no green cross.")."""
+    found = DECISION.search(answer)
+    return found.group(1).lower() if found else None
 
 
 def qa_prompt(question: str, choices: list[str] | None) -> str:

@@ -5,8 +5,8 @@ For each pair of a preference file (the prompts of `avllm data pairs`), the mode
 prompt (greedy, or sampled with a temperature); an answer that is wrong becomes the rejected
 side of a new pair, against the file's chosen answer. Wrong means:
 
-- a yes/no question (the chosen answer starts with "Yes," or "No,"): the answer's first word
-  differs;
+- a yes/no question (the chosen answer decides yes or no, `formats.decision`): the answer's
+  decision differs;
 - any other question: the answer names something the grounded (chosen) answer does not: a colour,
   shape, number, direction, sound, spoken word or picture term (GROUNDING_TERMS) that is absent
   from the chosen answer. For a sound-only file, whose chosen answer says there is no picture,
@@ -27,7 +27,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from .formats import PreferenceRecord, load, write_jsonl
+from .formats import PreferenceRecord, decision, load, write_jsonl
 from .synth import HELDOUT_VOCAB, VOCAB
 from .synth_media import COLOURS, SHAPES, TONES
 from .synth_text import DIRECTIONS, NUMBERS
@@ -53,15 +53,11 @@ def terms(text: str) -> set[str]:
     return out
 
 
-def first_word(text: str) -> str:
-    words = re.findall(r"[a-z]+", text.lower())
-    return words[0] if words else ""
-
-
 def is_wrong(answer: str, chosen: str) -> bool:
     """Whether a model's answer contradicts the grounded one (see the module docstring)."""
-    if first_word(chosen) in ("yes", "no") and chosen.split()[0].endswith(","):
-        return first_word(answer) != first_word(chosen)
+    decided = decision(chosen)
+    if decided is not None:
+        return decision(answer) != decided
     return bool(terms(answer) - terms(chosen))
 
 

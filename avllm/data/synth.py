@@ -17,7 +17,7 @@ training set made by this tool ever speaks them.
 Files written in DIR: clips/*.mp4, clips.jsonl (the facts), instructions.jsonl,
 sessions.jsonl, preferences.jsonl, qa.jsonl, probes.jsonl, synth.json (settings and counts), and
 the starter recipe's training files chosen from them (see `recipe_mixes`): align.jsonl,
-instruct-mix.jsonl and dpo-pairs.jsonl.
+instruct-mix.jsonl, yes-no-mix.jsonl and dpo-pairs.jsonl.
 
 sessions.jsonl holds the multiple-choice records of instructions.jsonl regrouped for training:
 all of a clip's questions as one chat, in SESSION_ORDERS orders (see `sessions`). The
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..prompt import VIDEO_TOKEN, with_video
-from .formats import qa_prompt, write_jsonl
+from .formats import decision, qa_prompt, write_jsonl
 from .synth_media import (
     COLOURS,
     MOTIONS,
@@ -295,6 +295,27 @@ def session(records: list[dict[str, Any]], record_id: str) -> dict[str, Any]:
     }
 
 
+def balanced_yes_no(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per kind, the first records answered yes and as many answered no, in their order; a kind
+    answered one way only (sounds no clip makes) gives half of its records.
+
+    The one probe each clip's sessions hold is too little for a question form to be read from the
+    clip: the model learns the form's usual answer instead (docs/experiments.md)."""
+    by_kind: dict[str, tuple[list[int], list[int]]] = {}
+    for i, r in enumerate(records):
+        yes, no = by_kind.setdefault(r["kind"], ([], []))
+        (yes if decision(r["conversations"][-1]["content"]) == "yes" else no).append(i)
+    keep: set[int] = set()
+    for yes, no in by_kind.values():
+        if yes and no:
+            n = min(len(yes), len(no))
+            keep.update(yes[:n] + no[:n])
+        else:
+            one_way = yes or no
+            keep.update(one_way[: len(one_way) // 2])
+    return [r for i, r in enumerate(records) if i in keep]
+
+
 def _render(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
     facts, out = job
     render_clip(facts, Path(out) / facts["media"])
@@ -324,6 +345,7 @@ def recipe_mixes(files: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[
     return {
         "align": [r for r in instructions if r["style"] == "choice"],
         "instruct-mix": files["sessions"] + [r for r in instructions if r["style"] == "open"],
+        "yes-no-mix": balanced_yes_no([r for r in instructions if r["style"] == "yes-no"]),
         "dpo-pairs": [pair for t in probes for pair in by_target.get(t, [])[::DPO_PROBE_EVERY]]
         + content[::DPO_OTHER_EVERY],
     }

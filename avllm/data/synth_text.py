@@ -439,14 +439,16 @@ def mc_questions(f: dict[str, Any], rng: np.random.Generator, vocab: list[str]) 
 # ----------------------------------------------------------------------------- yes/no probes
 
 
-def _probe(kind: str, question: str, truth: bool, true_text: str, false_text: str) -> Question:
+def _probe(kind: str, question: str, truth: bool, true_text: str, false_text: str, seen: str = "") -> Question:
     """A yes/no probe: the grounded answer explains itself; the wrong one is the bare opposite claim.
 
     For a probe whose true answer is no, the wrong answer is a hallucination ("Yes, a dog is barking");
-    for one whose answer is yes, an omission ("No, nobody is speaking" while someone speaks).
+    for one whose answer is yes, an omission ("No, nobody is speaking" while someone speaks). `seen`
+    opens both: what is on the screen, said before deciding whether something named is there, since
+    the starter compares a named object with words it has just said, not with the picture itself.
     """
-    sentence = ("Yes, " if truth else "No, ") + true_text
-    wrong = ("No, " if truth else "Yes, ") + false_text
+    sentence = seen + ("Yes, " if truth else "No, ") + true_text
+    wrong = seen + ("No, " if truth else "Yes, ") + false_text
     target = "omission" if truth else "hallucination"
     return Question(
         f"probe-{kind.split('/')[1]}", kind, question, ["yes", "no"], "yes" if truth else "no", sentence, wrong, target
@@ -496,7 +498,7 @@ def probe_candidates(f: dict[str, Any], rng: np.random.Generator) -> list[Questi
         )
     )
     objs = [{"shape": f["shape"], "colour": f["colour"]}] if f["scene"] == "one" else f["objects"]
-    shown = " and ".join(article(f"{o['colour']} {o['shape']}") for o in objs)
+    seen = f"I see {picture_phrase(f)}. "
     real = objs[int(rng.integers(len(objs)))]
     name = f"{real['colour']} {real['shape']}"
     out.append(
@@ -506,6 +508,7 @@ def probe_candidates(f: dict[str, Any], rng: np.random.Generator) -> list[Questi
             True,
             f"there is {article(name)}.",
             f"there is no {name}.",
+            seen,
         )
     )
     fake = dict(real)
@@ -523,8 +526,9 @@ def probe_candidates(f: dict[str, Any], rng: np.random.Generator) -> list[Questi
             "visual/object",
             f"Is there {article(fake_name)} on the screen?",
             False,
-            f"there is no {fake_name}; I see {shown}.",
+            f"there is no {fake_name}.",
             f"there is {article(fake_name)}.",
+            seen,
         )
     )
     if beeps and flash is not None:

@@ -100,7 +100,7 @@ class AVLLMLmms(lmms):
         bar = tqdm(total=len(requests), desc="avllm loglikelihood", disable=self.rank != 0)
         for key, group in clips.items():
             enc = self._encode(key, group[0][0])
-            scores = self.scorer.choice_scores(enc, [(_messages(c), options, False) for _, c, options, _ in group])
+            scores = self.scorer.choice_scores(enc, [(_messages(c), options) for _, c, options, _ in group])
             for (_, context, options, indices), question_scores in zip(group, scores):
                 greedy = self._greedy(enc, context, options)
                 for i, option, score in zip(indices, options, question_scores):

@@ -4,8 +4,9 @@ and answer matching), open questions by normalised exact match.
 Prompt (shared with `avllm synth`'s instruction data, see data/formats.qa_prompt): the user's
 turn is the question, for multiple choice "Options: a; b; c; d.", then `<video>`; the option the
 model finds likeliest as its answer is the prediction (avllm/scoring.py scores them). Yes/no
-questions are asked bare and scored by the first word alone ("Yes" against "No"), since a
-grounded answer goes on to explain itself ("No, nobody speaks; ...").
+questions are asked bare and answered by generation in either mode, since a grounded answer may
+say what it sees before it decides ("I see a red cross. No, there is no green cross."); the
+prediction is the answer's decision (data.formats.decision).
 
 Each clip is decoded and encoded once for all its questions. The model is reached through the
 small `AnswerModel` interface so tests can score a fake model whose answers are known.
@@ -15,21 +16,20 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from ..data.formats import is_yes_no, qa_messages
+from ..data.formats import DECISION, decision, is_yes_no, qa_messages
 from ..errors import AVLLMError
 from ..prompt import Message
 from ..scoring import ChoiceRequest
 from .tasks import EvalItem, TaskData
 
 MODES = ("loglik", "generate")
-YES_NO_SCORED = ("Yes", "No")  # how a grounded answer starts (see synth's probes)
 NUMBER_WORDS = {
     w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())
 }
@@ -47,8 +47,10 @@ class AnswerModel(Protocol):
     def choice_scores(self, enc: Any, requests: Sequence[ChoiceRequest]) -> list[list[float]]:
         """For each request, the length-normalised log-likelihood of each option as the answer."""
 
-    def generate(self, enc: Any, messages: list[Message], max_new_tokens: int) -> str:
-        """The greedy answer to the conversation."""
+    def generate(
+        self, enc: Any, messages: list[Message], max_new_tokens: int, until: Callable[[str], bool] | None = None
+    ) -> str:
+        """The greedy answer to the conversation, cut short once `until(answer so far)` holds."""
 
 
 @dataclass
@@ -94,17 +96,24 @@ def exact_match(prediction: str, answer: str) -> bool:
     return normalize(prediction) == normalize(answer)
 
 
+def decided(answer: str) -> bool:
+    """Whether a yes/no answer's decision is known: its word is followed by more ("Yes," not "Yes"
+    that may go on to "Yesterday"), so generation can stop there."""
+    found = DECISION.search(answer)
+    return found is not None and found.end() < len(answer)
+
+
 def match_choice(generated: str, choices: list[str]) -> str | None:
-    """The option a free answer names: the same text, else the first yes/no word, else the option
+    """The option a free answer names: for yes/no its decision, else the same text, else the option
     found earliest in the answer (the longest when several start there); None when none is named."""
+    if is_yes_no(choices):
+        said = decision(generated)
+        return next((c for c in choices if c.strip().lower() == said), None)
     text = normalize(generated)
     normed = [normalize(c) for c in choices]
     for c, n in zip(choices, normed):
         if text == n:
             return c
-    if is_yes_no(choices):
-        first = text.split()[0] if text else ""
-        return next((c for c in choices if normalize(c) == first), None)
     padded = f" {text} "
     found = [(padded.find(f" {n} "), -len(n), c) for c, n in zip(choices, normed) if n and f" {n} " in padded]
     return min(found)[2] if found else None
@@ -159,17 +168,9 @@ def evaluate(
 def _score_group(
     model: AnswerModel, enc: Any, group: list[EvalItem], mode: str, max_new_tokens: int
 ) -> list[ItemResult]:
-    by_ll = [it for it in group if it.choices and mode == "loglik"]
+    by_ll = [it for it in group if it.choices and not is_yes_no(it.choices) and mode == "loglik"]
     scored_by_ll = {id(it) for it in by_ll}
-    requests = []
-    for it in by_ll:
-        yn = is_yes_no(it.choices)
-        options = (
-            [YES_NO_SCORED[0] if c.strip().lower() == "yes" else YES_NO_SCORED[1] for c in it.choices]
-            if yn
-            else it.choices
-        )
-        requests.append((_messages(it), options, yn))
+    requests = [(_messages(it), it.choices) for it in by_ll]
     scores = iter(model.choice_scores(enc, requests) if requests else [])
     out = []
     for it in group:
@@ -179,7 +180,7 @@ def _score_group(
             pred = it.choices[best]
             out.append(ItemResult(it.id, it.kind, it.split, it.answer, pred, pred == it.answer, it.choices, s))
             continue
-        text = model.generate(enc, _messages(it), max_new_tokens)
+        text = model.generate(enc, _messages(it), max_new_tokens, decided if is_yes_no(it.choices) else None)
         if it.choices:
             pred = match_choice(text, it.choices)
             out.append(
