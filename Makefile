@@ -39,13 +39,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Reproduce avllm/weights/starter from scratch (synthetic data, align, instruct, export, then DPO and
+# Reproduce avllm/weights/starter-sft and starter from scratch (synthetic data, align, instruct, export, then DPO and
 # three held-out evaluations; minutes per host in docs/performance.md); the figures land in
 # runs/eval-*.md.
 starter-weights: $(STAMP)
 	. $(VENV)/bin/activate && scripts/train-starter.sh
 
-# SFT + DPO from the shipped SFT weights (preference data, the SFT's own errors, DPO, export), without
+# SFT + DPO from the shipped SFT weights, avllm/weights/starter-sft (preference data, the SFT's own errors, DPO, export), without
 # retraining the SFT; EXPORT=avllm/weights/starter ships it as the default model.
 starter-dpo: $(STAMP)
 	. $(VENV)/bin/activate && scripts/train-dpo.sh

@@ -5,7 +5,7 @@
 # reference pass, then training, scoring held-out pairs as it goes), the export, and the curves'
 # start and end. It does not retrain the SFT. Prints each stage's wall time.
 # Run from the repo root inside .venv. Settings (environment):
-#   SFT      the SFT weights to start from (default avllm/weights/starter); copied into the run first,
+#   SFT      the SFT weights to start from (default avllm/weights/starter-sft); copied into the run first,
 #            so EXPORT may be the same folder
 #   EXPORT   where the SFT + DPO weights go (default runs/starter-dpo-weights)
 #   THREADS  torch threads for every stage (default 1: on a CPU shared with other work, 2 threads ran
@@ -14,7 +14,7 @@
 #   CLIPS, HELD_OUT, PER_KIND, ASKED: the data's size (below); a smoke run sets them small
 set -euo pipefail
 export HF_HUB_OFFLINE=1
-SFT=${SFT:-avllm/weights/starter}
+SFT=${SFT:-avllm/weights/starter-sft}
 EXPORT=${EXPORT:-runs/starter-dpo-weights}
 THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS

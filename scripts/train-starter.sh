@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce the shipped starter weights (avllm/weights/starter): synthetic data (with the recipe's
-# training files), align (which fills the feature cache), instruct, subtitles, export, DPO, then
-# the held-out evaluations.
+# Reproduce the shipped starter weights (avllm/weights/starter-sft, then SFT + DPO in
+# avllm/weights/starter): synthetic data (with the recipe's training files), align (which fills the
+# feature cache), instruct, subtitles, export, DPO, then the held-out evaluations.
 # Prints each stage's wall time. Run from the repo root inside .venv (make starter-weights does both).
 set -euo pipefail
 export HF_HUB_OFFLINE=1
@@ -24,15 +24,15 @@ stage instruct avllm train sft --config starter-instruct
 stage synth-speech avllm synth --speech --out runs/synth/speech --n 200 --seed 11
 stage subtitles avllm train sft --config starter-subtitles
 # The SFT weights, in bfloat16 (about 9.7 MB); then DPO from them (scripts/train-dpo.sh, its own
-# data included), exported to runs/starter-dpo-weights.
-rm -rf avllm/weights/starter
-stage export avllm export --model runs/starter-subtitles --out avllm/weights/starter
-stage dpo scripts/train-dpo.sh
+# data included), exported as the default model.
+rm -rf avllm/weights/starter-sft
+stage export avllm export --model runs/starter-subtitles --out avllm/weights/starter-sft
+stage dpo env EXPORT=avllm/weights/starter scripts/train-dpo.sh
 echo "== all training stages: $(( $(date +%s) - start )) s"
 # Held-out test clips (another seed: no clip is shared with training), then the figures
 # (the first 400 items of each file: 399 questions and 300 probes).
 stage synth-test avllm synth --out runs/synth/test --n "$TEST_CLIPS" --seed 2
-for model in starter avllm/weights/starter runs/starter-dpo; do
+for model in starter avllm/weights/starter-sft avllm/weights/starter; do
   name=$(echo "$model" | tr / -)
   stage "eval-$name" avllm eval --model "$model" --limit 400 \
     --tasks "jsonl:runs/synth/test/qa.jsonl,jsonl:runs/synth/test/probes.jsonl" --out "runs/eval-$name.json"
