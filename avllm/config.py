@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 PACKAGE = resources.files(__package__)  # presets and the trained starter ship inside it
+ENGINES = ("auto", "torch", "llama.cpp")  # what generates answers (llamacpp.engine_source)
 
 T = TypeVar("T")
 

@@ -13,10 +13,49 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
 
 import torch
 from transformers import DynamicCache
+
+
+class Steps(Protocol):
+    """An answer's forward passes: the prompt, then one token at a time; each gives logits [1, V]."""
+
+    def prompt(self, embeds: torch.Tensor) -> torch.Tensor: ...
+
+    def next(self, token: int) -> torch.Tensor: ...
+
+
+class Engine(Protocol):
+    """What answers outside torch (llamacpp.LlamaCppDecoder): `Steps` for an answer of at most
+    `positions` prompt and answer tokens."""
+
+    def steps(self, positions: int) -> AbstractContextManager[Steps]: ...
+
+
+class TorchSteps:
+    """The LLM's own forward passes, with transformers' dynamic cache."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self.cache = DynamicCache(config=llm.config)
+        self.device = llm.get_input_embeddings().weight.device
+
+    def prompt(self, embeds: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():  # never across a yield: the next step may run in another thread (Gradio)
+            return self.llm(inputs_embeds=embeds, cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    def next(self, token: int) -> torch.Tensor:
+        ids = torch.tensor([[token]], device=self.device)
+        with torch.inference_mode():
+            return self.llm(input_ids=ids, cache=self.cache, use_cache=True).logits[:, -1]
+
+
+@contextmanager
+def torch_steps(llm: Any) -> Iterator[Steps]:
+    yield TorchSteps(llm)
 
 
 def generate_ids(
@@ -25,8 +64,10 @@ def generate_ids(
     max_new_tokens: int,
     temperature: float = 0.0,
     timings: dict[str, float] | None = None,
+    engine: Engine | None = None,
 ) -> Iterator[int]:
-    """The new token ids for a prompt of input embeddings [1, L, D], end of sequence included.
+    """The new token ids for a prompt of input embeddings [1, L, D], end of sequence included:
+    `llm`'s forward passes, or `engine`'s where one is given (`llm` still sets how tokens are chosen).
 
     `timings` receives `prefill`: seconds from the call to the prompt's pass done.
     """
@@ -36,21 +77,22 @@ def generate_ids(
     processors = llm._get_logits_processor(config, input_ids_seq_length=0, device=embeds.device)
     stop = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
     generated = torch.zeros(1, 0, dtype=torch.long, device=embeds.device)
-    cache = DynamicCache(config=llm.config)
-    with torch.inference_mode():  # never across a yield: the next step may run in another thread (Gradio)
-        out = llm(inputs_embeds=embeds, cache=cache, use_cache=True, logits_to_keep=1)
-    if timings is not None:
-        timings["prefill"] = time.perf_counter() - started
-    for _ in range(max_new_tokens):
-        with torch.inference_mode():
-            scores = processors(generated, out.logits[:, -1].float())
-            token = torch.multinomial(scores.softmax(-1), 1) if config.do_sample else scores.argmax(-1, keepdim=True)
-            generated = torch.cat([generated, token], 1)
-        yield int(token)
-        if int(token) in stop:
-            return
-        with torch.inference_mode():
-            out = llm(input_ids=token, cache=cache, use_cache=True)
+    positions = embeds.shape[1] + max_new_tokens
+    with engine.steps(positions) if engine is not None else torch_steps(llm) as steps:
+        logits = steps.prompt(embeds)
+        if timings is not None:
+            timings["prefill"] = time.perf_counter() - started
+        for _ in range(max_new_tokens):
+            with torch.inference_mode():
+                scores = processors(generated, logits.to(embeds.device, torch.float32))
+                token = (
+                    torch.multinomial(scores.softmax(-1), 1) if config.do_sample else scores.argmax(-1, keepdim=True)
+                )
+                generated = torch.cat([generated, token], 1)
+            yield int(token)
+            if int(token) in stop:
+                return
+            logits = steps.next(int(token))
 
 
 def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[str]:

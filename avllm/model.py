@@ -25,9 +25,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from . import hub
+from . import hub, llamacpp
 from .config import ModelConfig, load_model_config, to_dict
-from .decoding import generate_ids, stream_text
+from .decoding import Engine, generate_ids, stream_text
 from .errors import ConfigError, SpliceError
 from .llm import DTYPES, LoadedLLM, load_llm, pack_linears, resolve_dtype
 from .llm import merge_lora as merge_lora_weights
@@ -41,6 +41,7 @@ CONFIG_FILE = "avllm_config.json"
 NO_PICTURE = " [no picture]"  # after the slots of a file without a video track: absence, stated as text
 PROJECTOR_FILE = "projectors.safetensors"
 ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CHECKPOINT_FORMAT = 1
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class AVLLM(nn.Module):
         for proj in self.projectors().values():
             proj.to(table.device, table.dtype)
         self._marks: dict[str, list[int]] = {}
+        self.engine: Engine | None = None  # answers through llama.cpp instead of the LLM's forward (use_engine)
 
     def projectors(self) -> dict[str, nn.Module]:
         """The trained modules between the encoders and the LLM, by the name their weights are saved under."""
@@ -158,19 +160,24 @@ class AVLLM(nn.Module):
         return cls(config, audio, visual, llm, transcriber)
 
     @classmethod
-    def load(cls, spec: str, device: str | None = None, merge_lora: bool = False) -> AVLLM:
+    def load(cls, spec: str, device: str | None = None, merge_lora: bool = False, engine: str = "torch") -> AVLLM:
         """A preset name, a YAML file, a checkpoint folder or a checkpoint on the hub (hf:ORG/NAME).
-        `merge_lora`: see `from_pretrained`."""
+        `merge_lora`, `engine`: see `from_pretrained`."""
         spec = hub.resolve(spec)
         if (Path(spec) / CONFIG_FILE).is_file():
-            return cls.from_pretrained(spec, device, merge_lora)
-        return cls.from_config(load_model_config(spec), device)
+            return cls.from_pretrained(spec, device, merge_lora, engine)
+        model = cls.from_config(load_model_config(spec), device)
+        model.use_engine(engine, None)
+        return model
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | None = None, merge_lora: bool = False) -> AVLLM:
+    def from_pretrained(
+        cls, folder: str | Path, device: str | None = None, merge_lora: bool = False, engine: str = "torch"
+    ) -> AVLLM:
         """`merge_lora`: add the LoRA adapter into the LLM's weights (answering only, not training;
         a quantized LLM or an adapter beyond plain LoRA stays apart) and, in bfloat16 on the CPU, pack
-        its linear layers for oneDNN: same answers, faster start-up and generation."""
+        its linear layers for oneDNN: same answers, faster start-up and generation. `engine`: what
+        generates answers (`use_engine`)."""
         folder = Path(folder)
         config = load_model_config(str(folder))
         model = cls.from_config(config, device)
@@ -181,9 +188,20 @@ class AVLLM(nn.Module):
                 model.add_lora()
         model.load_trainable(folder)
         model.eval()
+        model.use_engine(engine, folder / ADAPTER_DIR / ADAPTER_WEIGHTS if config.lora is not None else None)
         if merge_lora and not hasattr(model.llm, "peft_config"):
             pack_linears(model.llm)
         return model
+
+    def use_engine(self, engine: str, adapter: Path | None) -> None:
+        """Generate answers with `engine`: "torch" (the LLM's forward passes), "llama.cpp" (the LLM,
+        `adapter` added into it, written as a GGUF file for llama.cpp: several times faster on a
+        CPU) or "auto" (llama.cpp where it can run). Call before the linear layers are packed."""
+        device = str(self.llm.get_input_embeddings().weight.device)
+        source = llamacpp.engine_source(engine, self.config, device, merged=not hasattr(self.llm, "peft_config"))
+        if source is not None:
+            path = llamacpp.exported_gguf(self.llm, source, adapter)
+            self.engine = llamacpp.LlamaCppDecoder(path, self.llm.dtype)
 
     def load_trainable(self, folder: str | Path) -> None:
         """Load the projectors and the LoRA weights saved in `folder` into this model (same shapes)."""
@@ -197,7 +215,7 @@ class AVLLM(nn.Module):
                     f"{folder}: the {name} projector weights do not fit this model (saved by another "
                     f"preset or an older avllm?); retrain, or remove the folder: {exc}"
                 ) from None
-        adapter_file = folder / ADAPTER_DIR / "adapter_model.safetensors"
+        adapter_file = folder / ADAPTER_DIR / ADAPTER_WEIGHTS
         if hasattr(self.llm, "peft_config") and adapter_file.is_file():  # else: a fresh adapter starts here
             from peft import set_peft_model_state_dict
 
@@ -483,7 +501,7 @@ class AVLLM(nn.Module):
         counts["generated"] = 0
 
         def counted() -> Iterator[int]:
-            for token in generate_ids(self.llm, embeds, max_new_tokens, temperature, timings):
+            for token in generate_ids(self.llm, embeds, max_new_tokens, temperature, timings, self.engine):
                 counts["generated"] += 1
                 yield token
 
@@ -518,7 +536,7 @@ def export_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16")
         raise ConfigError(f"{dst}: export to another folder than the checkpoint itself")
     files = [Path(CONFIG_FILE), Path(PROJECTOR_FILE)]
     if (src / ADAPTER_DIR).is_dir():
-        files += [Path(ADAPTER_DIR) / "adapter_config.json", Path(ADAPTER_DIR) / "adapter_model.safetensors"]
+        files += [Path(ADAPTER_DIR) / "adapter_config.json", Path(ADAPTER_DIR) / ADAPTER_WEIGHTS]
     for name in files:
         (dst / name).parent.mkdir(parents=True, exist_ok=True)
         if name.suffix == ".safetensors":

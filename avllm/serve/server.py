@@ -25,14 +25,14 @@ def build_service(settings: ServeSettings, model=None):  # noqa: ANN001 - an AVL
 
     if model is None:
         start = time.perf_counter()
-        model = load_outside_openmp(settings.model)
+        model = load_outside_openmp(settings.model, settings.engine)
         log.warning("model %s loaded in %.1f s", settings.model, time.perf_counter() - start)
     model.eval()
     model_id = model.config.name if Path(settings.model).exists() else settings.model
     return ChatService(model, settings, model_id=model_id)
 
 
-def load_outside_openmp(spec: str):  # noqa: ANN201 - an AVLLM
+def load_outside_openmp(spec: str, engine: str = "torch"):  # noqa: ANN201 - an AVLLM
     """The model for answering, loaded with torch on this thread alone. Every answer runs in a
     thread of its own; had this thread started an OpenMP team, each answer's team would come on
     top of it, and libgomp, managing more threads than cores, stops spin-waiting: a step's few
@@ -44,7 +44,7 @@ def load_outside_openmp(spec: str):  # noqa: ANN201 - an AVLLM
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return AVLLM.load(spec, merge_lora=True)
+        return AVLLM.load(spec, merge_lora=True, engine=engine)
     finally:
         torch.set_num_threads(threads)  # for the answers' threads; no team starts here
 

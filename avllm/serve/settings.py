@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import default_model
+from ..config import ENGINES, default_model
 from ..errors import ConfigError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -47,6 +47,7 @@ class ServeSettings:
     shutdown_timeout: float = 30.0  # on SIGTERM, seconds to let answers in flight finish
     cache_size: int = 16  # encoded clips kept (LRU)
     threads: int | None = None  # torch's CPU threads; None: OMP_NUM_THREADS, else the cores the load leaves idle
+    engine: str = "auto"  # what generates answers: torch, llama.cpp, or auto (llama.cpp where it can run)
 
     def check(self) -> None:
         if not 0 <= self.port < 65536:
@@ -59,6 +60,8 @@ class ServeSettings:
             raise ConfigError(f"--max-queue {self.max_queue}: must be 0 or more")
         if self.threads is not None and self.threads <= 0:
             raise ConfigError(f"--threads {self.threads}: must be positive")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine {self.engine}: use one of {', '.join(ENGINES)}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens <= 0:
             raise ConfigError(f"--max-prompt-tokens {self.max_prompt_tokens}: must be positive")
         if any(not key.strip() for key in self.api_keys):
