@@ -4,13 +4,14 @@ Writes its own clips with PyAV (kept in --workdir, so a second run skips this): 
 (h264, a keyframe every 10 s) whose colour changes every 30 s under a moving bar, and a 16 kHz
 soundtrack (aac) with an espeak-ng sentence every 20 s (nine different ones in turn) and a tone
 between sentences. Then, per clip, in a fresh process (so that its peak memory is its own), loads
-the model, answers one question and prints: frames, prompt tokens, decode, encode (Whisper + CLIP), transcribe (the
-subtitles), prefill (one forward pass over the prompt, timed on its own), first token (from the
+the model as `avllm chat` does (`--engine`: auto, torch or llama.cpp), answers one question and prints:
+frames, prompt tokens, decode, encode (Whisper + CLIP), transcribe (the subtitles), prefill (the
+answer's pass over the prompt), first token (from the
 start of decoding), total, and resident memory (GiB) after loading, at its peak while answering,
 and at the process's peak (loading's own included); s/min is the first token's seconds per minute
 of video. Threads: OMP_NUM_THREADS (2 when unset).
 
-    OMP_NUM_THREADS=2 python bench/scaling.py [--minutes 0.5 2 10 60] [--model starter]
+    OMP_NUM_THREADS=2 python bench/scaling.py [--minutes 0.5 2 10 60] [--model starter] [--engine auto]
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def rss_mb(field: str = "VmRSS") -> float:
         return next(int(line.split()[1]) for line in fh if line.startswith(field + ":")) / 1024
 
 
-def measure(path: str, model_spec: str, max_new_tokens: int) -> dict:
+def measure(path: str, model_spec: str, max_new_tokens: int, engine: str) -> dict:
     """One answer about one clip, in this process; prints nothing but the figures."""
     import torch
 
@@ -99,7 +100,7 @@ def measure(path: str, model_spec: str, max_new_tokens: int) -> dict:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     start = time.perf_counter()
-    model = AVLLM.load(model_spec, device="cpu")
+    model = AVLLM.load(model_spec, device="cpu", merge_lora=True, engine=engine)
     load, loaded_mb = time.perf_counter() - start, rss_mb()
     with open("/proc/self/clear_refs", "w") as fh:  # the peak from here on is the answer's (Linux)
         fh.write("5")
@@ -108,23 +109,18 @@ def measure(path: str, model_spec: str, max_new_tokens: int) -> dict:
     settings = ChatSettings(max_new_tokens=max_new_tokens)
     answer = "".join(answer_stream(model, enc, QUESTION, settings=settings, report=report))
     messages = [{"role": "user", "content": with_video(QUESTION)}]
-    ids = torch.tensor([model.tokenize(messages, enc, add_generation_prompt=True).input_ids])
-    with torch.inference_mode():
-        embeds = model.embed(ids, [enc])
-        start = time.perf_counter()
-        model.llm(inputs_embeds=embeds, attention_mask=torch.ones_like(ids))
-        prefill = time.perf_counter() - start
+    prompt_tokens = len(model.tokenize(messages, enc, add_generation_prompt=True).input_ids)
     t = report.timings
     return {
         "minutes": enc.duration / 60,
         "frames": report.frames,
         "audio_seconds": report.audio_seconds,
-        "prompt_tokens": ids.shape[1],
+        "prompt_tokens": prompt_tokens,
         "load": load,
         "decode": t["decode"],
         "encode": t["encode_audio"] + t["encode_visual"],
         "encode_audio": t["encode_audio"],
-        "prefill": prefill,
+        "prefill": t["prefill"],
         "first_token": t["first_token"],
         "transcribe": t.get("transcribe", 0.0),
         "total": t["decode"] + t["encode_audio"] + t["encode_visual"] + t.get("transcribe", 0.0) + t["generate"],
@@ -143,10 +139,11 @@ def main() -> None:
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/avllm-scaling"))
+    parser.add_argument("--engine", default="auto", help="what generates the answer, as chat's --engine")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process: one clip
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.model, args.max_new_tokens)))
+        print(json.dumps(measure(args.measure, args.model, args.max_new_tokens, args.engine)))
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -156,14 +153,17 @@ def main() -> None:
             start = time.perf_counter()
             write_clip(path, int(round(minutes * 60)))
             print(f"wrote {path} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        cmd = [sys.executable, __file__, "--measure", str(path), "--model", args.model]
+        cmd = [sys.executable, __file__, "--measure", str(path), "--model", args.model, "--engine", args.engine]
         done = subprocess.run(cmd + ["--max-new-tokens", str(args.max_new_tokens)], capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"{path}: the measuring process failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"{minutes:g} min: {rows[-1]['answer']!r} {rows[-1]['truncated']}", file=sys.stderr)
     threads = os.environ.get("OMP_NUM_THREADS", "2")
-    print(f"model {args.model}; {threads} threads; {args.max_new_tokens} new tokens at most; seconds, GiB")
+    print(
+        f"model {args.model}; --engine {args.engine}; {threads} threads; {args.max_new_tokens} new tokens at most; "
+        "seconds, GiB"
+    )
     cols = (
         "minutes frames tokens decode encode (audio) transcribe prefill first_token total "
         "RSS_loaded answer_peak peak s/min"
