@@ -35,6 +35,7 @@ class ChatReport:
     truncated: list[str] = field(default_factory=list)
     subtitles: list[dict[str, Any]] = field(default_factory=list)  # speech heard: {start, end, text}
     model: str = ""
+    engine: str = ""  # what generated the answer: llama.cpp or torch (AVLLM.use_engine)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)  # `generated`: tokens the answer took
@@ -95,6 +96,7 @@ def answer_stream(
     messages.append({"role": "user", "content": question if messages else with_video(question)})
     facts = enc.facts
     report.model = model.config.name
+    report.engine = "torch" if model.engine is None else "llama.cpp"
     report.audio_used = enc.audio is not None
     report.audio_seconds = facts.audio_seconds if facts else 0.0
     report.frames = 0 if enc.visual is None else len(enc.frame_times)

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from avllm import llamacpp
+
 pytestmark = pytest.mark.slow
 
 
@@ -56,6 +58,7 @@ def test_chat_on_real_clips(shared_clips, clip, audio_used, warning):
     )
     report = json.loads(done.stdout)
     assert report["answer"] and report["model"] == "starter"
+    assert report["engine"] == ("llama.cpp" if llamacpp.installed() else "torch")  # chat's --engine auto
     words = report["answer"].lower().split()
     assert len(set(words)) >= min(3, len(words))  # words, not one word repeated ("oops oops oops"); "Silence." is fine
     assert report["audio_used"] is audio_used
