@@ -175,9 +175,9 @@ class AVLLM(nn.Module):
         cls, folder: str | Path, device: str | None = None, merge_lora: bool = False, engine: str = "torch"
     ) -> AVLLM:
         """`merge_lora`: add the LoRA adapter into the LLM's weights (answering only, not training;
-        a quantized LLM or an adapter beyond plain LoRA stays apart) and, in bfloat16 on the CPU, pack
-        its linear layers for oneDNN: same answers, faster start-up and generation. `engine`: what
-        generates answers (`use_engine`)."""
+        a quantized LLM or an adapter beyond plain LoRA stays apart) and, in bfloat16 on the CPU where
+        torch answers, pack its linear layers for oneDNN: same answers, faster start-up and
+        generation. `engine`: what generates answers (`use_engine`)."""
         folder = Path(folder)
         config = load_model_config(str(folder))
         model = cls.from_config(config, device)
