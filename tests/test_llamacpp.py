@@ -121,3 +121,29 @@ def test_llama_cpp_keeps_the_torch_paths_next_token_scores(tmp_path, av_clip):
             if top2[0] - top2[1] > 2 * diff:
                 assert int(b.argmax()) == answer[step], (question, step)
     assert worst < 1e-3
+
+
+@pytest.mark.slow
+def test_answers_in_flight_together_each_keep_their_own_context(av_clip):
+    """The server streams several answers at once: two answers advanced in turn, a token each, are
+    the answers each gives alone."""
+    pytest.importorskip("llama_cpp")
+    from avllm.config import default_model
+    from avllm.inference import encode_file
+    from avllm.model import AVLLM
+    from avllm.prompt import with_video
+
+    model = AVLLM.load(default_model(), device="cpu", merge_lora=True, engine="llama.cpp")
+    enc = encode_file(model, av_clip)
+    asked = [[{"role": "user", "content": with_video(q)}] for q in ("What happens in this clip?", "What do you hear?")]
+    alone = ["".join(model.stream(messages, enc, 32)) for messages in asked]
+    streams = {i: model.stream(messages, enc, 32) for i, messages in enumerate(asked)}
+    together = ["", ""]
+    while streams:
+        for i, stream in list(streams.items()):
+            piece = next(stream, None)
+            if piece is None:
+                del streams[i]
+            else:
+                together[i] += piece
+    assert together == alone and alone[0] != alone[1]
