@@ -190,7 +190,7 @@ class LlamaCppDecoder:
         self.lib = llama_cpp
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
-        params.use_extra_bufts = False  # weight repacking: its AMX path crashed on an AMX host (docs/performance.md)
+        params.use_extra_bufts = False  # no weight repacking: llama.cpp's AMX repacking crashed on an AMX host
         self.path = path
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
