@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 import torch
@@ -53,11 +53,6 @@ class TorchSteps:
             return self.llm(input_ids=ids, cache=self.cache, use_cache=True).logits[:, -1]
 
 
-@contextmanager
-def torch_steps(llm: Any) -> Iterator[Steps]:
-    yield TorchSteps(llm)
-
-
 def generate_ids(
     llm: Any,
     embeds: torch.Tensor,
@@ -78,7 +73,7 @@ def generate_ids(
     stop = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
     generated = torch.zeros(1, 0, dtype=torch.long, device=embeds.device)
     positions = embeds.shape[1] + max_new_tokens
-    with engine.steps(positions) if engine is not None else torch_steps(llm) as steps:
+    with engine.steps(positions) if engine is not None else nullcontext(TorchSteps(llm)) as steps:
         logits = steps.prompt(embeds)
         if timings is not None:
             timings["prefill"] = time.perf_counter() - started
